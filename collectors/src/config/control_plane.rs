@@ -1,0 +1,1 @@
+//! Flags of virt-controller-metrics, virt-api-metrics and virt-operator-metrics.

@@ -1,0 +1,1 @@
+//! virt-controller-metrics: cluster metrics derived from watched KubeVirt objects.

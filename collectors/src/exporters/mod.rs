@@ -1,0 +1,2 @@
+//! Wire formats for [`crate::exposition::Family`]: Prometheus text 0.0.4 and OpenMetrics.
+//! Pure code.

@@ -1,0 +1,93 @@
+//! The metric data every collector produces and every exporter encodes.
+//!
+//! We keep our own small model rather than the `prometheus` crate's registry types: KubeVirt's
+//! families are absolute counters read from libvirt (the registry cannot *set* a counter),
+//! migration samples carry explicit timestamps, and the same data must leave as Prometheus
+//! text, OpenMetrics and, later, OTLP, JSON and line protocol.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    Untyped,
+}
+
+impl MetricType {
+    /// The word used on a `# TYPE` line of the Prometheus text format 0.0.4.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
+            Self::Summary => "summary",
+            Self::Untyped => "untyped",
+        }
+    }
+}
+
+/// A label name: static for the fixed ones, owned for `kubernetes_vmi_label_*`.
+pub type LabelName = Cow<'static, str>;
+
+/// Label pairs in exposition order. Producers put them in client_golang's order (sorted by
+/// name), so the bytes match what the KubeVirt component itself would serve.
+pub type Labels = Vec<(LabelName, String)>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Appended to the family name: `""`, or `_bucket`, `_sum`, `_count` for histograms
+    /// and summaries.
+    pub suffix: &'static str,
+    pub labels: Labels,
+    pub value: f64,
+    /// Milliseconds since the Unix epoch, for samples that carry their own time.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Sample {
+    pub fn new(labels: Labels, value: f64) -> Self {
+        Self {
+            suffix: "",
+            labels,
+            value,
+            timestamp_ms: None,
+        }
+    }
+
+    pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    /// The full metric name as the 0.0.4 text format writes it on `# TYPE`
+    /// (for KubeVirt's counters that includes `_total`).
+    pub name: Cow<'static, str>,
+    pub help: Cow<'static, str>,
+    pub kind: MetricType,
+    pub samples: Vec<Sample>,
+}
+
+impl Family {
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        help: impl Into<Cow<'static, str>>,
+        kind: MetricType,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            help: help.into(),
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}

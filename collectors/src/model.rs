@@ -1,0 +1,189 @@
+//! One model of a VMI's domain statistics, fed by every source.
+//!
+//! KubeVirt's launcher sends `stats.DomainStats` as JSON where each value has a companion
+//! `...Set` flag; libvirt's bulk stats simply omit fields they do not know. Both collapse to
+//! `Option`: `None` means "not reported", and no sample is emitted for it, exactly as
+//! virt-handler skips values whose `Set` flag is false. Units are libvirt's raw units (KiB,
+//! nanoseconds); conversion to KubeVirt's units happens once, in `families`.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+/// Which VMI a set of statistics belongs to, and the labels KubeVirt derives from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmiIdentity {
+    pub namespace: String,
+    pub name: String,
+    /// `vmi.status.nodeName`; in libvirt mode, the node name the collector was given.
+    pub node: String,
+    /// The VMI's own labels; each becomes one `kubernetes_vmi_label_*` label.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything collected for one VMI in one pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmiStats {
+    pub vmi: VmiIdentity,
+    pub domain: DomainStats,
+    /// From the guest agent (`GetFilesystems`); empty when the agent reports none.
+    pub filesystems: Vec<Filesystem>,
+    /// `GetDomainDirtyRateStats.dirtyRateMbs`, in MiB/s.
+    pub dirty_rate_mbs: Option<i64>,
+    /// When the source produced these numbers; used to drop stale results and to stamp
+    /// migration samples.
+    pub collected_at: SystemTime,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DomainStats {
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+    pub cpu: Option<CpuStats>,
+    pub memory: Option<MemoryStats>,
+    pub migrate_job: Option<MigrationJobInfo>,
+    pub vcpus: Vec<VcpuStats>,
+    pub nets: Vec<NetStats>,
+    pub blocks: Vec<BlockStats>,
+    /// Per vCPU, which host CPUs it may run on (`virDomainGetVcpuPinInfo`).
+    pub cpu_map: Option<Vec<Vec<bool>>>,
+    pub dirty_rate: Option<DirtyRateStats>,
+    pub load: Option<GuestLoad>,
+}
+
+/// Nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    pub time: Option<u64>,
+    pub user: Option<u64>,
+    pub system: Option<u64>,
+}
+
+/// KiB, except the fault counters (plain counts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub unused: Option<u64>,
+    pub cached: Option<u64>,
+    pub available: Option<u64>,
+    pub actual_balloon: Option<u64>,
+    pub rss: Option<u64>,
+    pub swap_in: Option<u64>,
+    pub swap_out: Option<u64>,
+    pub major_fault: Option<u64>,
+    pub minor_fault: Option<u64>,
+    pub usable: Option<u64>,
+    /// `balloon.current` of the bulk stats.
+    pub total: Option<u64>,
+}
+
+/// libvirt job stats of an outgoing migration; bytes, and pages for the dirty rate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationJobInfo {
+    pub data_total: Option<u64>,
+    pub data_processed: Option<u64>,
+    pub memory_bps: Option<u64>,
+    pub data_remaining: Option<u64>,
+    pub mem_dirty_rate: Option<u64>,
+}
+
+/// libvirt's `VIR_VCPU_*` states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuState {
+    Offline,
+    Running,
+    Blocked,
+    Unknown,
+}
+
+impl VcpuState {
+    pub fn from_libvirt(state: i64) -> Self {
+        match state {
+            0 => Self::Offline,
+            1 => Self::Running,
+            2 => Self::Blocked,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The label value KubeVirt writes (lower case, whatever its HELP text says).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::Running => "running",
+            Self::Blocked => "blocked",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Times in nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VcpuStats {
+    pub state: Option<VcpuState>,
+    pub time: Option<u64>,
+    pub wait: Option<u64>,
+    pub delay: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// The tap device name (`vnet0`).
+    pub name: Option<String>,
+    /// The device alias, which KubeVirt sets to the VMI interface name.
+    pub alias: Option<String>,
+    pub rx_bytes: Option<u64>,
+    pub rx_pkts: Option<u64>,
+    pub rx_errs: Option<u64>,
+    pub rx_drop: Option<u64>,
+    pub tx_bytes: Option<u64>,
+    pub tx_pkts: Option<u64>,
+    pub tx_errs: Option<u64>,
+    pub tx_drop: Option<u64>,
+}
+
+/// Times in nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// The target name (`vda`).
+    pub name: Option<String>,
+    /// The device alias, which KubeVirt sets to the VMI disk name.
+    pub alias: Option<String>,
+    pub backing_index: Option<u64>,
+    pub path: Option<String>,
+    pub rd_reqs: Option<u64>,
+    pub rd_bytes: Option<u64>,
+    pub rd_times: Option<u64>,
+    pub wr_reqs: Option<u64>,
+    pub wr_bytes: Option<u64>,
+    pub wr_times: Option<u64>,
+    pub fl_reqs: Option<u64>,
+    pub fl_times: Option<u64>,
+    pub errors: Option<u64>,
+    pub allocation: Option<u64>,
+    pub capacity: Option<u64>,
+    pub physical: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirtyRateStats {
+    pub calc_status: Option<i64>,
+    pub calc_start_time: Option<i64>,
+    pub calc_period: Option<i64>,
+    pub megabytes_per_second: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GuestLoad {
+    pub load1m: Option<f64>,
+    pub load5m: Option<f64>,
+    pub load15m: Option<f64>,
+}
+
+/// One entry of the guest agent's filesystem list (`VirtualMachineInstanceFileSystem`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filesystem {
+    pub disk_name: String,
+    pub mount_point: String,
+    pub file_system_type: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+}

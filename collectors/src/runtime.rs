@@ -1,0 +1,1 @@
+//! The collection loop: collect every interval, keep the last result, serve it.

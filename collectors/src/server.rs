@@ -1,0 +1,1 @@
+//! HTTP(S) endpoint: /metrics, /healthz, /readyz.

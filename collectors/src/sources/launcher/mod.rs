@@ -1,0 +1,1 @@
+//! Domain statistics from virt-launcher over KubeVirt's cmd v1 gRPC protocol.

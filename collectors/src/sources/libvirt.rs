@@ -1,0 +1,1 @@
+//! Domain statistics from libvirt (bulk stats), for hosts and per-VMI libvirt sockets.

@@ -1,0 +1,2 @@
+//! kubevirt-metrics-operator: turns MetricsSidecarPolicy objects into collector sidecars in
+//! KubeVirt's components, through the KubeVirt CR's `spec.customizeComponents.patches`.
