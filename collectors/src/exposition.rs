@@ -91,3 +91,51 @@ impl Family {
         self.samples.is_empty()
     }
 }
+
+/// Families and samples in the order client_golang's registry writes them: families sorted by
+/// name, a family's series sorted by label values (positionally), then by timestamp with
+/// untimestamped samples last; families without samples left out. Histogram and summary
+/// series keep their `_bucket`/`_sum`/`_count` samples together (the sort ignores `le` and
+/// `quantile` and is stable).
+///
+/// Every encoder walks this view, so KubeVirt's byte order holds whatever order the
+/// producers used, and nothing is cloned.
+pub fn client_golang_order(families: &[Family]) -> Vec<(&Family, Vec<&Sample>)> {
+    let mut ordered: Vec<&Family> = families.iter().filter(|f| !f.is_empty()).collect();
+    ordered.sort_by(|a, b| a.name.cmp(&b.name));
+    ordered
+        .into_iter()
+        .map(|family| {
+            let mut samples: Vec<&Sample> = family.samples.iter().collect();
+            samples.sort_by(|a, b| compare_series(a, b));
+            (family, samples)
+        })
+        .collect()
+}
+
+fn series_labels(sample: &Sample) -> impl Iterator<Item = &str> {
+    sample
+        .labels
+        .iter()
+        .filter(|(name, _)| name != "le" && name != "quantile")
+        .map(|(_, value)| value.as_str())
+}
+
+fn compare_series(a: &Sample, b: &Sample) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let count = |s: &Sample| series_labels(s).count();
+    let by_len = count(a).cmp(&count(b));
+    if by_len != Ordering::Equal {
+        return by_len;
+    }
+    let by_values = series_labels(a).cmp(series_labels(b));
+    if by_values != Ordering::Equal {
+        return by_values;
+    }
+    match (a.timestamp_ms, b.timestamp_ms) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+}

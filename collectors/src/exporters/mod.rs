@@ -1,2 +1,4 @@
 //! Wire formats for [`crate::exposition::Family`]: Prometheus text 0.0.4 and OpenMetrics.
 //! Pure code.
+
+pub mod text;
