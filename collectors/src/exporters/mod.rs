@@ -2,3 +2,5 @@
 //! Pure code.
 
 pub mod text;
+pub mod negotiate;
+pub mod openmetrics;
