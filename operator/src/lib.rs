@@ -1,2 +1,3 @@
 //! kubevirt-metrics-operator: turns MetricsSidecarPolicy objects into collector sidecars in
 //! KubeVirt's components, through the KubeVirt CR's `spec.customizeComponents.patches`.
+pub mod api;
