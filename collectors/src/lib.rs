@@ -30,3 +30,5 @@ pub mod selfmetrics;
 pub mod server;
 #[cfg(feature = "runtime")]
 pub mod sources;
+#[cfg(feature = "runtime")]
+pub mod vmi_collector;
