@@ -1,3 +1,4 @@
 //! kubevirt-metrics-operator: turns MetricsSidecarPolicy objects into collector sidecars in
 //! KubeVirt's components, through the KubeVirt CR's `spec.customizeComponents.patches`.
 pub mod api;
+pub mod plan;
