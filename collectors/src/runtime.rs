@@ -1,1 +1,426 @@
 //! The collection loop: collect every interval, keep the last result, serve it.
+//!
+//! Every collector binary is a thin `main` around [`run`]:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use kubevirt_metrics_collectors::{collect::Collector, config::CommonArgs, runtime};
+//! # async fn example(common: CommonArgs, collector: Arc<dyn Collector>) {
+//! runtime::init_tracing(common.log_format);
+//! if let Err(error) = runtime::run("virt-api-metrics", &common, collector).await {
+//!     tracing::error!(%error, "virt-api-metrics failed");
+//!     std::process::exit(1);
+//! }
+//! # }
+//! ```
+//!
+//! One pass: the [`Collector`] runs with a deadline of `--collection-timeout` while, in
+//! complement mode, the co-located component's `/metrics` is read. Then the families the
+//! component serves are withheld, the self-metrics are added, and the result is published as
+//! the snapshot every scrape is served from. `/readyz` turns 200 after the first pass,
+//! whatever the component did: a sidecar that never becomes ready would stall KubeVirt's
+//! rollout.
+//!
+//! Complement mode withholds every family the component has served at any successful check
+//! since start (not only at the last one). A family such as `kubevirt_vmi_memory_*` appears
+//! in the component's output only while VMIs run; remembering it means a sidecar never
+//! publishes it in the window between a VMI starting and the next check, which would
+//! otherwise duplicate series for up to one interval. Until the first successful check the
+//! sidecar publishes none of its collector's families (only self-metrics); when the component
+//! cannot be reached later, the known set is kept.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::collect::{Collector, Problem};
+use crate::component::{ComponentClient, ComponentEndpoint, ComponentError};
+use crate::config::{CommonArgs, LogFormat, Mode};
+use crate::exposition::Family;
+use crate::selfmetrics::{BuildInfo, SelfMetrics, SelfMetricsError};
+use crate::server::{Published, Server, ServerError, TlsFiles};
+
+/// How long past its deadline a collector may take before its pass is abandoned. Collectors
+/// should honour the deadline themselves; this only catches one that does not.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("--interval must be longer than zero")]
+    ZeroInterval,
+    #[error("--tls-cert and --tls-key must be given together")]
+    IncompleteTls,
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    #[error(transparent)]
+    SelfMetrics(#[from] SelfMetricsError),
+    #[error("installing the signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("the {task} task failed: {reason}")]
+    Task { task: &'static str, reason: String },
+}
+
+/// Logs to stderr as text or JSON; the level comes from `RUST_LOG` (default `info`).
+/// Calling it twice is harmless (the second call does nothing).
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Runs a sidecar until SIGTERM or SIGINT, then shuts down gracefully.
+///
+/// `name` is the binary's name (`virt-handler-metrics`, ...), used in logs and in
+/// `kubevirt_metrics_sidecar_build_info`. Errors are start-up errors (bad flags, port in
+/// use, unreadable certificate); once running, nothing a peer does ends the process.
+pub async fn run(
+    name: &'static str,
+    common: &CommonArgs,
+    collector: Arc<dyn Collector>,
+) -> Result<(), RuntimeError> {
+    let running = start(name, common, collector).await?;
+    shutdown_signal().await?;
+    tracing::info!("signal received; shutting down");
+    running.stop().await
+}
+
+/// A started sidecar: serving, and collecting in the background.
+#[derive(Debug)]
+pub struct Running {
+    local_addr: SocketAddr,
+    published: Published,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    collection: JoinHandle<()>,
+}
+
+impl Running {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// What is being served right now.
+    pub fn published(&self) -> &Published {
+        &self.published
+    }
+
+    /// Stops collecting and serving; responses in flight finish first.
+    pub async fn stop(self) -> Result<(), RuntimeError> {
+        self.shutdown.cancel();
+        let task_error = |task| {
+            move |e: tokio::task::JoinError| RuntimeError::Task {
+                task,
+                reason: e.to_string(),
+            }
+        };
+        self.collection.await.map_err(task_error("collection"))?;
+        self.server.await.map_err(task_error("server"))?;
+        Ok(())
+    }
+}
+
+/// Binds the listener, starts serving and collecting, and returns at once. [`run`] is this
+/// plus waiting for a signal; tests use it directly.
+pub async fn start(
+    name: &'static str,
+    common: &CommonArgs,
+    collector: Arc<dyn Collector>,
+) -> Result<Running, RuntimeError> {
+    if common.interval.is_zero() {
+        return Err(RuntimeError::ZeroInterval);
+    }
+    let tls = match (&common.tls_cert, &common.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => None,
+        _ => return Err(RuntimeError::IncompleteTls),
+    };
+    let metrics = SelfMetrics::new(BuildInfo {
+        collector: name,
+        mode: common.mode.as_str(),
+    })?;
+    let component = match common.mode {
+        Mode::Complement => Some(ComponentClient::new(&ComponentEndpoint::from_args(common))?),
+        Mode::Full => None,
+    };
+    let server = Server::bind(common.listen_addr(), tls.as_ref()).await?;
+    let local_addr = server.local_addr();
+    tracing::info!(
+        collector = name,
+        listen = %local_addr,
+        tls = server.is_tls(),
+        mode = common.mode.as_str(),
+        interval = ?common.interval,
+        collection_timeout = ?common.collection_timeout,
+        component = %common.component_metrics_url,
+        "serving /metrics, /healthz, /readyz"
+    );
+
+    let published = Published::new();
+    published.publish(metrics.families());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(server.serve(published.clone(), shutdown.child_token()));
+    let collection_loop = CollectionLoop {
+        collector,
+        component,
+        metrics,
+        published: published.clone(),
+        interval: common.interval,
+        timeout: common.collection_timeout,
+        served: None,
+        problems: ProblemLog::default(),
+    };
+    let collection = tokio::spawn(collection_loop.run(shutdown.child_token()));
+    Ok(Running {
+        local_addr,
+        published,
+        shutdown,
+        server,
+        collection,
+    })
+}
+
+async fn shutdown_signal() -> Result<(), RuntimeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
+    tokio::select! {
+        _ = terminate.recv() => Ok(()),
+        interrupted = tokio::signal::ctrl_c() => interrupted.map_err(RuntimeError::Signal),
+    }
+}
+
+struct CollectionLoop {
+    collector: Arc<dyn Collector>,
+    /// `None` in full mode.
+    component: Option<ComponentClient>,
+    metrics: SelfMetrics,
+    published: Published,
+    interval: Duration,
+    timeout: Duration,
+    /// Every family the component has served at a successful check; `None` before the first.
+    served: Option<BTreeSet<String>>,
+    problems: ProblemLog,
+}
+
+impl CollectionLoop {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.pass() => {}
+            }
+        }
+    }
+
+    async fn pass(&mut self) {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let collect =
+            tokio::time::timeout_at(deadline + DEADLINE_GRACE, self.collector.collect(deadline));
+        let check = async {
+            match &self.component {
+                Some(component) => Some(component.served_families().await),
+                None => None,
+            }
+        };
+        let (collected, checked) = tokio::join!(collect, check);
+        let took = started.elapsed();
+
+        let mut problems = Vec::new();
+        let families = match collected {
+            Ok(collection) => {
+                self.metrics
+                    .observe_collection(took, false, SystemTime::now());
+                self.metrics.set_targets(collection.targets_seen);
+                self.metrics.add_stale_dropped(collection.stale_dropped);
+                for problem in &collection.problems {
+                    self.metrics.count_problem(problem.source, problem.kind);
+                }
+                problems.extend(collection.problems);
+                collection.families
+            }
+            Err(_elapsed) => {
+                self.metrics
+                    .observe_collection(took, true, SystemTime::now());
+                self.metrics.count_problem("collector", "timeout");
+                problems.push(Problem {
+                    source: "collector",
+                    kind: "timeout",
+                    target: "collection".to_owned(),
+                    message: format!(
+                        "the collection pass did not finish within {:?}; nothing from it is published",
+                        self.timeout + DEADLINE_GRACE
+                    ),
+                });
+                Vec::new()
+            }
+        };
+        if let Some(checked) = checked {
+            self.record_check(checked, &mut problems);
+        }
+        self.problems.update(&problems);
+
+        let (mut publish, withheld) =
+            complement(families, self.component.is_some(), self.served.as_ref());
+        self.metrics.set_withheld_families(withheld);
+        publish.extend(self.metrics.families());
+        self.published.publish(publish);
+        self.published.mark_ready();
+    }
+
+    fn record_check(
+        &mut self,
+        checked: Result<BTreeSet<String>, ComponentError>,
+        problems: &mut Vec<Problem>,
+    ) {
+        match checked {
+            Ok(names) => {
+                let served = self.served.get_or_insert_with(BTreeSet::new);
+                served.extend(names);
+                self.metrics.set_component_families(served.len());
+            }
+            Err(error) => {
+                self.metrics.count_component_check_failure(error.kind());
+                problems.push(Problem {
+                    source: "component",
+                    kind: error.kind(),
+                    target: self
+                        .component
+                        .as_ref()
+                        .map(|c| c.url().to_owned())
+                        .unwrap_or_default(),
+                    message: if self.served.is_some() {
+                        format!("{error}; keeping the families known from earlier checks")
+                    } else {
+                        format!(
+                            "{error}; publishing no collector family until the component answers"
+                        )
+                    },
+                });
+            }
+        }
+    }
+}
+
+/// The families to publish and how many were withheld. In complement mode (`complement`),
+/// families the component serves are withheld, and all of them while `served` is unknown.
+fn complement(
+    families: Vec<Family>,
+    complement: bool,
+    served: Option<&BTreeSet<String>>,
+) -> (Vec<Family>, usize) {
+    if !complement {
+        return (families, 0);
+    }
+    let Some(served) = served else {
+        let withheld = families.len();
+        return (Vec::new(), withheld);
+    };
+    let before = families.len();
+    let kept: Vec<Family> = families
+        .into_iter()
+        .filter(|family| !served.contains(family.name.as_ref()))
+        .collect();
+    let withheld = before - kept.len();
+    (kept, withheld)
+}
+
+/// Logs each problem once: when it first appears (per source, kind and target), and once
+/// more when a pass no longer reports it.
+#[derive(Debug, Default)]
+struct ProblemLog {
+    active: HashSet<(&'static str, &'static str, String)>,
+}
+
+impl ProblemLog {
+    fn update(&mut self, problems: &[Problem]) {
+        let mut now = HashSet::with_capacity(problems.len());
+        for problem in problems {
+            let key = (problem.source, problem.kind, problem.target.clone());
+            if !self.active.contains(&key) && !now.contains(&key) {
+                tracing::warn!(
+                    source = problem.source,
+                    kind = problem.kind,
+                    target = %problem.target,
+                    "{}",
+                    problem.message
+                );
+            }
+            now.insert(key);
+        }
+        for (source, kind, target) in self.active.difference(&now) {
+            tracing::info!(source, kind, target = %target, "problem cleared");
+        }
+        self.active = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exposition::MetricType;
+
+    fn families(names: &[&'static str]) -> Vec<Family> {
+        names
+            .iter()
+            .map(|n| Family::new(*n, "", MetricType::Gauge))
+            .collect()
+    }
+
+    fn names(families: &[Family]) -> Vec<&str> {
+        families.iter().map(|f| f.name.as_ref()).collect()
+    }
+
+    #[test]
+    fn complement_withholds_served_families_and_everything_before_the_first_check() {
+        let all = || families(&["a", "b", "c"]);
+        let (kept, withheld) = complement(all(), false, None);
+        assert_eq!((names(&kept), withheld), (vec!["a", "b", "c"], 0));
+
+        let (kept, withheld) = complement(all(), true, None);
+        assert_eq!((names(&kept), withheld), (vec![], 3));
+
+        let served: BTreeSet<String> = ["b".to_owned(), "zzz".to_owned()].into();
+        let (kept, withheld) = complement(all(), true, Some(&served));
+        assert_eq!((names(&kept), withheld), (vec!["a", "c"], 1));
+    }
+
+    #[test]
+    fn problem_log_tracks_active_problems() {
+        let problem = |target: &str| Problem {
+            source: "launcher",
+            kind: "timeout",
+            target: target.to_owned(),
+            message: "slow".to_owned(),
+        };
+        let mut log = ProblemLog::default();
+        log.update(&[problem("ns/a"), problem("ns/a"), problem("ns/b")]);
+        assert_eq!(log.active.len(), 2);
+        log.update(&[problem("ns/b")]);
+        assert_eq!(log.active.len(), 1);
+        log.update(&[]);
+        assert!(log.active.is_empty());
+    }
+}

@@ -1,1 +1,0 @@
-//! HTTP(S) endpoint: /metrics, /healthz, /readyz.
