@@ -2,3 +2,4 @@
 //! KubeVirt's components, through the KubeVirt CR's `spec.customizeComponents.patches`.
 pub mod api;
 pub mod plan;
+pub mod render;

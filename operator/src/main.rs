@@ -1,9 +1,12 @@
 //! `kubevirt-metrics-operator`: `run` (the controller), `crd` (print the CRD) and `render`
 //! (print offline what the controller would write).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kubevirt_metrics_operator::plan::PlanDefaults;
+use kubevirt_metrics_operator::render::{self, OutputFormat};
 
 #[derive(Debug, Parser)]
 #[command(name = "kubevirt-metrics-operator", version, about)]
@@ -18,6 +21,23 @@ enum Command {
     Run,
     /// Print the MetricsSidecarPolicy CRD as YAML.
     Crd,
+    /// Print, offline, the KubeVirt CR change (and virt-operator Deployment apply body) the
+    /// operator would write for a policy.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RenderArgs {
+    /// The MetricsSidecarPolicy YAML file (`-` for stdin).
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    policy: PathBuf,
+    /// The current KubeVirt CR (or the HyperConverged CR on OpenShift Virtualization); its
+    /// existing patches are kept and ours merged in, as the controller does.
+    #[arg(long = "kubevirt", value_name = "FILE")]
+    target: Option<PathBuf>,
+    /// `yaml`: commit-ready objects; `json`: the exact request bodies, one per line.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Yaml)]
+    output: OutputFormat,
 }
 
 fn main() -> ExitCode {
@@ -27,15 +47,40 @@ fn main() -> ExitCode {
             eprintln!("kubevirt-metrics-operator run: not implemented yet");
             ExitCode::FAILURE
         }
-        Command::Crd => match kubevirt_metrics_operator::api::crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("kubevirt-metrics-operator crd: {error}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Crd => print_or_fail("crd", kubevirt_metrics_operator::api::crd_yaml()),
+        Command::Render(args) => print_or_fail("render", run_render(&args)),
+    }
+}
+
+fn run_render(args: &RenderArgs) -> Result<String, String> {
+    let policy = read(&args.policy)?;
+    let target = args.target.as_deref().map(read).transpose()?;
+    render::render_text(
+        &policy,
+        target.as_deref(),
+        &PlanDefaults::default(),
+        args.output,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn read(path: &std::path::Path) -> Result<String, String> {
+    if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("stdin: {e}"))
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+fn print_or_fail<E: std::fmt::Display>(command: &str, result: Result<String, E>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("kubevirt-metrics-operator {command}: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -62,7 +62,8 @@ pub const RESERVED_PORT_NAMES: [&str; 4] = ["metrics", "vmstats", "virt-api", "w
         priority = 1,
         json_path = ".spec.paused"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    doc = "Collector sidecars for KubeVirt's components: which components get one, and how it is configured. Lives in the KubeVirt namespace."
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -241,7 +242,7 @@ pub struct SidecarSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 15))]
     #[x_kube(
-        validation = Rule::new("self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$') && self.matches('[a-z]')").message("portName must be an IANA service name: at most 15 lowercase letters, digits and '-', with at least one letter"),
+        validation = Rule::new("size(self) <= 15 && self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$') && self.matches('[a-z]')").message("portName must be an IANA service name: at most 15 lowercase letters, digits and '-', with at least one letter"),
         validation = Rule::new("!(self in ['metrics', 'vmstats', 'virt-api', 'webhooks'])").message("portName must not be a name the component's container already uses (metrics, vmstats, virt-api, webhooks)")
     )]
     pub port_name: Option<String>,
