@@ -1,0 +1,122 @@
+//! Reads everything one reconciliation decides on. The order of requests is fixed (the mock
+//! API tests assert it): KubeVirt CRs, policies, then — once a target is known — the
+//! HyperConverged owner and the component workloads.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::context::Context;
+use crate::api::{Component, HyperConverged, KubeVirt, MetricsSidecarPolicy};
+
+/// Label every KubeVirt component workload carries, valued with the component name.
+pub const COMPONENT_LABEL: &str = "kubevirt.io";
+
+/// `kubevirt.io=virt-handler`: the only DaemonSet we look at.
+pub fn daemon_set_selector() -> String {
+    format!(
+        "{COMPONENT_LABEL}={}",
+        Component::VirtHandler.workload_name()
+    )
+}
+
+/// `kubevirt.io in (virt-controller,virt-api,virt-operator)`.
+pub fn deployment_selector() -> String {
+    let names: Vec<&str> = Component::ALL
+        .iter()
+        .filter(|c| c.resource_type() == "Deployment")
+        .map(|c| c.workload_name())
+        .collect();
+    format!("{COMPONENT_LABEL} in ({})", names.join(","))
+}
+
+/// The namespace's KubeVirt CRs and MetricsSidecarPolicies.
+#[derive(Debug, Clone, Default)]
+pub struct Namespace {
+    pub kubevirts: Vec<KubeVirt>,
+    pub policies: Vec<MetricsSidecarPolicy>,
+}
+
+/// The live component workloads of the target's namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Workloads {
+    pub daemon_sets: Vec<DaemonSet>,
+    pub deployments: Vec<Deployment>,
+}
+
+impl Workloads {
+    pub fn daemon_set(&self, component: Component) -> Option<&DaemonSet> {
+        self.daemon_sets
+            .iter()
+            .find(|d| d.name_any() == component.workload_name())
+    }
+
+    pub fn deployment(&self, component: Component) -> Option<&Deployment> {
+        self.deployments
+            .iter()
+            .find(|d| d.name_any() == component.workload_name())
+    }
+}
+
+pub async fn namespace(ctx: &Context, namespace: &str) -> Result<Namespace, kube::Error> {
+    let kubevirts = Api::<KubeVirt>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let policies = Api::<MetricsSidecarPolicy>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    Ok(Namespace {
+        kubevirts,
+        policies,
+    })
+}
+
+/// A fresh copy of one KubeVirt CR (after a 409 conflict).
+pub async fn kubevirt(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<KubeVirt>, kube::Error> {
+    Api::<KubeVirt>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+}
+
+pub async fn hyperconverged(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<HyperConverged>, kube::Error> {
+    Api::<HyperConverged>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+}
+
+pub async fn workloads(ctx: &Context, namespace: &str) -> Result<Workloads, kube::Error> {
+    let daemon_sets = Api::<DaemonSet>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&daemon_set_selector()))
+        .await?
+        .items;
+    let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&deployment_selector()))
+        .await?
+        .items;
+    Ok(Workloads {
+        daemon_sets,
+        deployments,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn selectors_name_the_component_workloads() {
+        assert_eq!(super::daemon_set_selector(), "kubevirt.io=virt-handler");
+        assert_eq!(
+            super::deployment_selector(),
+            "kubevirt.io in (virt-controller,virt-api,virt-operator)"
+        );
+    }
+}

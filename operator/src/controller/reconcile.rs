@@ -1,0 +1,496 @@
+//! One reconciliation of one policy: observe → validate → plan → apply → status.
+//!
+//! - observe: the namespace's KubeVirt CRs and policies; then the target's HyperConverged
+//!   owner and the component workloads (`observe`).
+//! - validate: which CR, whether it is usable, whether this policy owns it (`target`).
+//! - plan: the pure `crate::plan`.
+//! - apply: optimistic writes, none when nothing changes (`apply`).
+//! - status: conditions and per-component facts, written only when they change (`status`).
+//!
+//! The finalizer (`metrics.kubevirt.io/cleanup`) makes deletion remove exactly this
+//! policy's entries first. A paused policy writes nothing but its status: no finalizer is
+//! added while paused, and deleting a paused policy leaves its entries in place (with a
+//! Warning event saying so) — unpause before deleting to remove them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, Event as FinalizerEvent};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::Value;
+
+use super::apply::{self, ApplyError};
+use super::context::Context;
+use super::events::{self, Notice, reasons};
+use super::observe::{self, Workloads};
+use super::status::{self, Report, State};
+use super::target::{self, Waiting};
+use crate::api::{
+    Component, ComponentStatus, FINALIZER, HyperConverged, InjectionMethod,
+    KUBEVIRT_JSONPATCH_ANNOTATION, KubeVirt, MetricsSidecarPolicy, ObjectName,
+};
+use crate::plan::{self, Plan, PlanError, is_owned_by};
+
+/// Errors of one reconciliation. The controller logs them, counts them and requeues.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("the policy has no namespace")]
+    NoNamespace,
+    #[error("reading {what}: {source}")]
+    Read {
+        what: &'static str,
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<ReconcileError>>),
+}
+
+impl ReconcileError {
+    /// Short label for the `reconcile_errors_total{error}` metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::NoNamespace => "no_namespace",
+            ReconcileError::Read { .. } => "read",
+            ReconcileError::Apply(ApplyError::Conflicts { .. }) => "conflicts",
+            ReconcileError::Apply(_) => "write",
+            ReconcileError::Plan(_) => "plan",
+            ReconcileError::Status(_) => "status",
+            ReconcileError::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.kind(),
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+fn read(what: &'static str) -> impl FnOnce(kube::Error) -> ReconcileError {
+    move |source| ReconcileError::Read { what, source }
+}
+
+/// The reconcile function handed to the kube-runtime `Controller` (and called directly by
+/// the mock-API tests).
+pub async fn reconcile(
+    policy: Arc<MetricsSidecarPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_policy(policy, &ctx).await;
+    match &result {
+        Ok(_) => ctx.metrics.reconcile_succeeded(started.elapsed()),
+        Err(err) => ctx.metrics.reconcile_failed(err.kind(), started.elapsed()),
+    }
+    result
+}
+
+/// Requeue after a failure; conflicts and API hiccups clear by themselves.
+pub fn error_policy(
+    policy: Arc<MetricsSidecarPolicy>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(policy = %policy.name_any(), namespace = ?policy.namespace(), error = %error, "reconcile failed");
+    Action::requeue(ctx.settings.error_backoff)
+}
+
+async fn reconcile_policy(
+    policy: Arc<MetricsSidecarPolicy>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let namespace = policy.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let has_finalizer = policy.finalizers().iter().any(|f| f == FINALIZER);
+    if policy.spec.paused && !has_finalizer {
+        // Adding the finalizer would be a write; a paused policy makes none.
+        if policy.meta().deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        return converge(&policy, ctx).await;
+    }
+    let api = Api::<MetricsSidecarPolicy>::namespaced(ctx.client.clone(), &namespace);
+    finalizer::finalizer(&api, FINALIZER, policy, |event| async move {
+        match event {
+            FinalizerEvent::Apply(policy) => converge(&policy, ctx).await,
+            FinalizerEvent::Cleanup(policy) => cleanup(&policy, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(Box::new(e)))
+}
+
+/// The Ready reason the policy shows now (to publish events on transitions only).
+fn previous_reason(policy: &MetricsSidecarPolicy) -> Option<&str> {
+    policy
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::conditions::READY)
+        .map(|c| c.reason.as_str())
+}
+
+fn object_name(kv: &KubeVirt) -> ObjectName {
+    ObjectName {
+        namespace: kv.namespace().unwrap_or_default(),
+        name: kv.name_any(),
+    }
+}
+
+/// Writes the status for `report` and publishes `notice` if the Ready reason changed.
+async fn finish(
+    ctx: &Context,
+    policy: &MetricsSidecarPolicy,
+    report: Report,
+    notice: Option<Notice>,
+) -> Result<(), ReconcileError> {
+    let desired = status::desired(policy, &report, &status::now());
+    let new_reason = desired
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::conditions::READY)
+        .map(|c| c.reason.clone());
+    let transition = previous_reason(policy) != new_reason.as_deref();
+    status::write(ctx, policy, &desired)
+        .await
+        .map_err(ReconcileError::Status)?;
+    if let Some(notice) = notice.filter(|_| transition) {
+        events::publish(ctx, policy, &notice).await;
+    }
+    Ok(())
+}
+
+/// The Apply branch: bring the KubeVirt CR (and virt-operator's Deployment) to the plan.
+async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = policy.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let seen = observe::namespace(ctx, &namespace)
+        .await
+        .map_err(read("KubeVirt CRs and policies"))?;
+
+    let kv = match target::ready_target(policy, &seen.kubevirts) {
+        Ok(kv) => kv,
+        Err(waiting) => return wait(ctx, policy, &namespace, waiting).await,
+    };
+    if let Err(winner) = target::arbitrate(policy, kv, &seen.policies, &seen.kubevirts) {
+        let note = format!(
+            "policy {namespace}/{winner} is older and owns KubeVirt CR {namespace}/{}; this policy changes nothing",
+            kv.name_any()
+        );
+        let report = Report {
+            state: State::Conflict { winner },
+            kubevirt: Some(object_name(kv)),
+            method: None,
+            components: Vec::new(),
+        };
+        let notice = Notice::warning(reasons::CONFLICTING_POLICY, "Arbitrate", note);
+        finish(ctx, policy, report, Some(notice)).await?;
+        return Ok(Action::requeue(ctx.settings.wait * 2));
+    }
+
+    let method = target::injection_method(kv);
+    let hco = match target::hyperconverged_owner(kv) {
+        Some(owner) => match observe::hyperconverged(ctx, &namespace, &owner.name)
+            .await
+            .map_err(read("HyperConverged"))?
+        {
+            Some(hco) => Some(hco),
+            None => {
+                let message = format!(
+                    "KubeVirt CR {namespace}/{} is owned by HyperConverged {namespace}/{}, which cannot be found",
+                    kv.name_any(),
+                    owner.name
+                );
+                let report = Report {
+                    state: State::HyperConvergedMissing(message),
+                    kubevirt: Some(object_name(kv)),
+                    method: Some(method),
+                    components: Vec::new(),
+                };
+                finish(ctx, policy, report, None).await?;
+                return Ok(Action::requeue(ctx.settings.wait));
+            }
+        },
+        None => None,
+    };
+    let workloads = observe::workloads(ctx, &namespace)
+        .await
+        .map_err(read("component workloads"))?;
+
+    let plan = match plan::plan(policy, Some(kv), &ctx.settings.plan_defaults) {
+        Ok(plan) => plan,
+        Err(err) => {
+            let report = Report {
+                state: State::InvalidSpec(err.to_string()),
+                kubevirt: Some(object_name(kv)),
+                method: Some(method),
+                components: Vec::new(),
+            };
+            let notice = Notice::warning(
+                crate::api::conditions::REASON_INVALID_SPEC,
+                "Plan",
+                err.to_string(),
+            );
+            finish(ctx, policy, report, Some(notice)).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    if policy.spec.paused {
+        let in_place = owned_in_cr(kv, hco.as_ref(), &plan.owner);
+        let components = component_report(ctx, &plan, &workloads, &in_place, &namespace, true);
+        let report = Report {
+            state: State::Paused,
+            kubevirt: Some(object_name(kv)),
+            method: Some(method),
+            components: components.into_iter().map(|(s, _)| s).collect(),
+        };
+        let notice = Notice::normal(
+            reasons::PAUSED,
+            "Pause",
+            "spec.paused is true: no changes are made",
+        );
+        finish(ctx, policy, report, Some(notice)).await?;
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
+
+    match write_all(ctx, kv, hco.as_ref(), &plan, &workloads).await {
+        Ok(wrote) => {
+            let in_place: BTreeSet<String> = plan
+                .entries
+                .iter()
+                .map(|e| e.resource_name.clone())
+                .collect();
+            let components = component_report(ctx, &plan, &workloads, &in_place, &namespace, false);
+            let waiting_for: Vec<Component> = components
+                .iter()
+                .filter(|(_, done)| !done)
+                .map(|(s, _)| s.component)
+                .collect();
+            let state = if waiting_for.is_empty() {
+                State::Injected
+            } else {
+                State::RollingOut { waiting_for }
+            };
+            let requeue = if state == State::Injected {
+                ctx.settings.resync
+            } else {
+                ctx.settings.wait
+            };
+            let report = Report {
+                state,
+                kubevirt: Some(object_name(kv)),
+                method: Some(method),
+                components: components.into_iter().map(|(s, _)| s).collect(),
+            };
+            finish(ctx, policy, report, None).await?;
+            if wrote {
+                events::publish(ctx, policy, &injected_notice(&plan, kv, method)).await;
+            }
+            Ok(Action::requeue(requeue))
+        }
+        Err(err) => {
+            let report = Report {
+                state: State::WriteFailed(err.to_string()),
+                kubevirt: Some(object_name(kv)),
+                method: Some(method),
+                components: Vec::new(),
+            };
+            let notice = Notice::warning(reasons::WRITE_FAILED, "Inject", err.to_string());
+            finish(ctx, policy, report, Some(notice)).await?;
+            Err(err.into())
+        }
+    }
+}
+
+async fn wait(
+    ctx: &Context,
+    policy: &MetricsSidecarPolicy,
+    namespace: &str,
+    waiting: Waiting,
+) -> Result<Action, ReconcileError> {
+    let note = waiting.message(namespace);
+    let report = Report {
+        state: State::Waiting(waiting),
+        kubevirt: None,
+        method: None,
+        components: Vec::new(),
+    };
+    let notice = Notice::normal(reasons::WAITING_FOR_KUBEVIRT, "Wait", note);
+    finish(ctx, policy, report, Some(notice)).await?;
+    Ok(Action::requeue(ctx.settings.wait))
+}
+
+/// Every write of the Apply branch. `Ok(true)` when anything was written.
+async fn write_all(
+    ctx: &Context,
+    kv: &KubeVirt,
+    hco: Option<&HyperConverged>,
+    plan: &Plan,
+    workloads: &Workloads,
+) -> Result<bool, ApplyError> {
+    let mut wrote = match hco {
+        Some(hco) => {
+            apply::hyperconverged(ctx, hco, &plan.owner, &plan.entry_values())
+                .await?
+                .wrote
+        }
+        None => apply::kubevirt(ctx, kv, plan).await?.wrote,
+    };
+    if let Some(live) = workloads.deployment(Component::VirtOperator) {
+        wrote |= match &plan.virt_operator {
+            Some(body) => apply::virt_operator(ctx, live, body).await?,
+            None => apply::virt_operator_cleanup(ctx, live, &plan.owner).await?,
+        };
+    }
+    Ok(wrote)
+}
+
+/// Resource names of the workloads that hold an entry of `owner` now: in the KubeVirt CR,
+/// or in the HyperConverged annotation when HCO owns the CR.
+fn owned_in_cr(kv: &KubeVirt, hco: Option<&HyperConverged>, owner: &str) -> BTreeSet<String> {
+    let entries: Vec<Value> = match hco {
+        None => kv.patches().to_vec(),
+        Some(hco) => hco
+            .annotations()
+            .get(KUBEVIRT_JSONPATCH_ANNOTATION)
+            .and_then(|text| serde_json::from_str::<Vec<Value>>(text).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|op| op.get("value").cloned())
+            .flat_map(|value| match value {
+                Value::Array(items) => items,
+                other => vec![other],
+            })
+            .collect(),
+    };
+    entries
+        .iter()
+        .filter(|e| is_owned_by(e, owner))
+        .filter_map(|e| {
+            e.get("resourceName")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// One status line per enabled component, and whether it counts as done.
+fn component_report(
+    ctx: &Context,
+    plan: &Plan,
+    workloads: &Workloads,
+    in_cr: &BTreeSet<String>,
+    namespace: &str,
+    observed_only: bool,
+) -> Vec<(ComponentStatus, bool)> {
+    plan.sidecars
+        .iter()
+        .map(|sidecar| {
+            let component = sidecar.component;
+            let container = sidecar
+                .container
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or(&ctx.settings.plan_defaults.container_name);
+            let live = status::live(workloads, component, container);
+            let injected = if component.via_customize_components() {
+                in_cr.contains(component.workload_name())
+            } else {
+                // Applied in this reconcile (or already in place); when only observing,
+                // the live Deployment tells.
+                (!observed_only && live.rollout.is_some()) || live.has_sidecar
+            };
+            let line = status::component_status(
+                component,
+                injected,
+                Some(sidecar.image.clone()),
+                &live,
+                namespace,
+            );
+            let done = status::component_done(&line, &live);
+            (line, done)
+        })
+        .collect()
+}
+
+fn injected_notice(plan: &Plan, kv: &KubeVirt, method: InjectionMethod) -> Notice {
+    let names: Vec<&str> = plan.sidecars.iter().map(|s| s.component.as_str()).collect();
+    let target = format!(
+        "KubeVirt CR {}/{}",
+        kv.namespace().unwrap_or_default(),
+        kv.name_any()
+    );
+    if names.is_empty() {
+        Notice::normal(
+            reasons::REMOVED,
+            "Remove",
+            format!("removed every sidecar from {target}"),
+        )
+    } else {
+        Notice::normal(
+            reasons::INJECTED,
+            "Inject",
+            format!(
+                "sidecars for {} written to {target} via {}",
+                names.join(", "),
+                method.as_str()
+            ),
+        )
+    }
+}
+
+/// The Cleanup branch: take out exactly this policy's entries, then let the finalizer go.
+async fn cleanup(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = policy.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let owner = plan::owner_of(policy)?;
+    if policy.spec.paused {
+        let note = "the policy was deleted while paused: its sidecar entries stay in the KubeVirt CR. Recreate it unpaused and delete it again to remove them";
+        events::publish(
+            ctx,
+            policy,
+            &Notice::warning(reasons::CLEANUP_SKIPPED, "Remove", note),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let seen = observe::namespace(ctx, &namespace)
+        .await
+        .map_err(read("KubeVirt CRs and policies"))?;
+    let Ok(kv) = target::resolve(policy, &seen.kubevirts) else {
+        return Ok(Action::await_change());
+    };
+    let mut wrote = match target::hyperconverged_owner(kv) {
+        Some(hco_ref) => match observe::hyperconverged(ctx, &namespace, &hco_ref.name)
+            .await
+            .map_err(read("HyperConverged"))?
+        {
+            Some(hco) => apply::hyperconverged(ctx, &hco, &owner, &[]).await?.wrote,
+            None => false,
+        },
+        None => apply::kubevirt_cleanup(ctx, kv, &owner).await?.wrote,
+    };
+    let workloads = observe::workloads(ctx, &namespace)
+        .await
+        .map_err(read("component workloads"))?;
+    if let Some(live) = workloads.deployment(Component::VirtOperator) {
+        wrote |= apply::virt_operator_cleanup(ctx, live, &owner).await?;
+    }
+    if wrote {
+        let note = format!(
+            "removed this policy's sidecars from KubeVirt CR {namespace}/{}",
+            kv.name_any()
+        );
+        events::publish(
+            ctx,
+            policy,
+            &Notice::normal(reasons::REMOVED, "Remove", note),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
