@@ -32,8 +32,7 @@ impl VmiCollector {
 
     async fn collect_once(&self, deadline: Instant) -> Collection {
         let mut problems = Vec::new();
-        let report = match tokio::time::timeout_at(deadline, self.source.collect(deadline)).await
-        {
+        let report = match tokio::time::timeout_at(deadline, self.source.collect(deadline)).await {
             Ok(report) => report,
             Err(_) => {
                 tracing::warn!("stats source did not answer before the collection deadline");
@@ -57,7 +56,10 @@ impl VmiCollector {
 
         let (fresh, stale) = split_stale(vmis, SystemTime::now(), self.interval);
         if stale > 0 {
-            tracing::debug!(stale, "dropped VMI results older than the collection interval");
+            tracing::debug!(
+                stale,
+                "dropped VMI results older than the collection interval"
+            );
         }
         let migrations = {
             // A panic while holding the lock cannot leave the history inconsistent in a way
@@ -100,6 +102,7 @@ fn split_stale(vmis: Vec<VmiStats>, now: SystemTime, max_age: Duration) -> (Vec<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -185,7 +188,11 @@ mod tests {
         let cpu = &collection.families[0];
         assert_eq!(cpu.name, "kubevirt_vmi_cpu_usage_seconds_total");
         assert_eq!(cpu.samples.len(), 1);
-        assert!(cpu.samples[0].labels.contains(&("name".into(), "fresh".into())));
+        assert!(
+            cpu.samples[0]
+                .labels
+                .contains(&("name".into(), "fresh".into()))
+        );
     }
 
     #[tokio::test]

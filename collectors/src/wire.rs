@@ -36,15 +36,25 @@ pub fn domain_stats_from_json(json: &str) -> Result<DomainStats, WireError> {
     Ok(raw.into_model())
 }
 
-/// Decodes the `guestFilesystemsResponse` string of `GetFilesystems`
-/// (`VirtualMachineInstanceFileSystemList`).
+/// Decodes the `guestFilesystemsResponse` string of `GetFilesystems`.
+///
+/// virt-launcher marshals a bare `[]v1.VirtualMachineInstanceFileSystem` (`null` when the
+/// agent reported none) and virt-handler wraps it into a
+/// `VirtualMachineInstanceFileSystemList`; both shapes are accepted. An empty string is an
+/// empty list, as virt-handler's client treats it.
 pub fn filesystems_from_json(json: &str) -> Result<Vec<Filesystem>, WireError> {
-    let raw: go::FileSystemList = serde_json::from_str(json).map_err(|source| WireError::Json {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let raw: go::FileSystems = serde_json::from_str(json).map_err(|source| WireError::Json {
         what: "guest filesystems",
         source,
     })?;
-    Ok(raw
-        .items
+    let items = match raw {
+        go::FileSystems::Bare(items) => items,
+        go::FileSystems::List { items } => items,
+    };
+    Ok(items
         .unwrap_or_default()
         .into_iter()
         .map(go::FileSystem::into_model)
@@ -494,8 +504,12 @@ mod go {
     }
 
     #[derive(Deserialize)]
-    pub(super) struct FileSystemList {
-        pub(super) items: Option<Vec<FileSystem>>,
+    #[serde(untagged)]
+    pub(super) enum FileSystems {
+        /// What virt-launcher sends.
+        Bare(Option<Vec<FileSystem>>),
+        /// `VirtualMachineInstanceFileSystemList`, as virt-handler holds it.
+        List { items: Option<Vec<FileSystem>> },
     }
 
     #[derive(Deserialize)]
@@ -526,6 +540,7 @@ mod go {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -576,7 +591,10 @@ mod tests {
                 ..DomainStats::default()
             }
         );
-        assert_eq!(domain_stats_from_json("{}").unwrap(), DomainStats::default());
+        assert_eq!(
+            domain_stats_from_json("{}").unwrap(),
+            DomainStats::default()
+        );
     }
 
     #[test]
@@ -657,9 +675,18 @@ mod tests {
             r#"{"Name":"d"} trailing"#,
         ] {
             let err = domain_stats_from_json(bad).unwrap_err();
-            assert!(err.to_string().starts_with("malformed domain stats JSON"), "{bad}: {err}");
+            assert!(
+                err.to_string().starts_with("malformed domain stats JSON"),
+                "{bad}: {err}"
+            );
         }
-        for bad in ["", "{", r#"{"items":{}}"#, r#"{"items":[{"usedBytes":"1"}]}"#] {
+        for bad in [
+            "{",
+            "42",
+            r#"{"items":{}}"#,
+            r#"{"items":[{"usedBytes":"1"}]}"#,
+            r#"[{"usedBytes":1.5}]"#,
+        ] {
             assert!(filesystems_from_json(bad).is_err(), "{bad}");
         }
     }
@@ -690,6 +717,12 @@ mod tests {
             ]
         );
         assert_eq!(filesystems_from_json(r#"{"items":null}"#).unwrap(), vec![]);
+        assert_eq!(filesystems_from_json("null").unwrap(), vec![]);
+        assert_eq!(filesystems_from_json("").unwrap(), vec![]);
+        assert_eq!(filesystems_from_json("[]").unwrap(), vec![]);
+        let bare = r#"[{"diskName":"vda1","mountPoint":"/","fileSystemType":"xfs",
+            "usedBytes":2,"totalBytes":3,"disk":[{"serial":"rootdisk","busType":"virtio"}]}]"#;
+        assert_eq!(filesystems_from_json(bare).unwrap().len(), 1);
         assert_eq!(filesystems_from_json(r#"{"metadata":{}}"#).unwrap(), vec![]);
     }
 }

@@ -542,6 +542,9 @@ impl VmiLabels {
     }
 }
 
+/// A family, the value the source reported for it, and how to turn it into KubeVirt's unit.
+type Conversion = (&'static FamilySpec, Option<u64>, fn(u64) -> f64);
+
 fn kib_to_bytes(kib: u64) -> f64 {
     kib as f64 * 1024.0
 }
@@ -581,7 +584,7 @@ fn render_vmi(out: &mut Builder, stats: &VmiStats) {
 }
 
 fn render_memory(out: &mut Builder, labels: &VmiLabels, memory: &MemoryStats) {
-    let values: [(&FamilySpec, Option<u64>, fn(u64) -> f64); 11] = [
+    let values: [Conversion; 11] = [
         (&MEMORY_RESIDENT, memory.rss, kib_to_bytes),
         (&MEMORY_AVAILABLE, memory.available, kib_to_bytes),
         (&MEMORY_UNUSED, memory.unused, kib_to_bytes),
@@ -654,7 +657,7 @@ fn render_block(out: &mut Builder, labels: &VmiLabels, block: &BlockStats) {
         _ => name,
     };
     let series = labels.with(&[("drive", drive)]);
-    let values: [(&FamilySpec, Option<u64>, fn(u64) -> f64); 8] = [
+    let values: [Conversion; 8] = [
         (&STORAGE_IOPS_READ, block.rd_reqs, count),
         (&STORAGE_IOPS_WRITE, block.wr_reqs, count),
         (&STORAGE_READ_TRAFFIC, block.rd_bytes, count),
@@ -749,4 +752,5 @@ fn render_migration(out: &mut Builder, sample: &MigrationSample) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

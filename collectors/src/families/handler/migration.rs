@@ -91,7 +91,10 @@ impl MigrationHistory {
             let key = (stats.vmi.namespace.clone(), stats.vmi.name.clone());
             let ring = self.rings.entry(key).or_default();
             ring.migrating = true;
-            if ring.last_recorded_ms.is_some_and(|last| timestamp_ms <= last) {
+            if ring
+                .last_recorded_ms
+                .is_some_and(|last| timestamp_ms <= last)
+            {
                 continue;
             }
             ring.last_recorded_ms = Some(timestamp_ms);
@@ -131,6 +134,7 @@ fn unix_millis(at: SystemTime) -> Option<i64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::time::Duration;
 

@@ -344,7 +344,12 @@ fn network_interface_is_alias_when_reported_and_feeds_the_deprecated_family() {
         2
     );
     assert_eq!(
-        family(&families, "kubevirt_vmi_network_receive_packets_dropped_total").samples[0].value,
+        family(
+            &families,
+            "kubevirt_vmi_network_receive_packets_dropped_total"
+        )
+        .samples[0]
+            .value,
         1.0
     );
 }
@@ -367,7 +372,12 @@ fn colliding_series_are_kept_once() {
     );
     let packets = family(&families, "kubevirt_vmi_network_receive_packets_total");
     assert_eq!(packets.samples.len(), 1);
-    assert!(packets.samples[0].labels.iter().all(|(n, _)| n != "interface"));
+    assert!(
+        packets.samples[0]
+            .labels
+            .iter()
+            .all(|(n, _)| n != "interface")
+    );
 }
 
 #[test]
@@ -409,11 +419,7 @@ fn filesystems_guest_load_and_dirty_rate() {
     assert_eq!(capacity.samples.len(), 2);
     let values: Vec<f64> = capacity.samples.iter().map(|s| s.value).collect();
     assert!(values.contains(&1000.0) && values.contains(&10.0));
-    let tmpfs = capacity
-        .samples
-        .iter()
-        .find(|s| s.value == 10.0)
-        .unwrap();
+    let tmpfs = capacity.samples.iter().find(|s| s.value == 10.0).unwrap();
     assert!(tmpfs.labels.iter().all(|(n, _)| n != "disk_name"));
     assert_eq!(
         family(&families, "kubevirt_vmi_guest_load_1m").samples[0].value,
@@ -424,7 +430,11 @@ fn filesystems_guest_load_and_dirty_rate() {
         family(&families, "kubevirt_vmi_guest_load_15m").samples[0].value,
         0.0
     );
-    assert!(families.iter().all(|f| f.name != "kubevirt_vmi_guest_load_5m"));
+    assert!(
+        families
+            .iter()
+            .all(|f| f.name != "kubevirt_vmi_guest_load_5m")
+    );
     assert_eq!(
         family(&families, "kubevirt_vmi_dirty_rate_bytes_per_second").samples[0].value,
         3.0 * 1024.0 * 1024.0
