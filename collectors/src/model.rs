@@ -75,7 +75,8 @@ pub struct MemoryStats {
     pub total: Option<u64>,
 }
 
-/// libvirt job stats of an outgoing migration; bytes, and pages for the dirty rate.
+/// libvirt job stats of an outgoing migration, in bytes and bytes/s. `mem_dirty_rate` is
+/// bytes/s: virt-launcher already multiplies libvirt's pages/s by `memory_page_size`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationJobInfo {
     pub data_total: Option<u64>,
