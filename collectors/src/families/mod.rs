@@ -4,6 +4,7 @@
 //! - [`handler`]: virt-handler's per-VMI runtime families (`kubevirt_vmi_*` from domain stats,
 //!   the guest agent and migration job stats).
 
+pub mod controller;
 pub mod handler;
 
 use std::borrow::Cow;

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// Whole seconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,7 +30,12 @@ impl Timestamp {
         };
         let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 60
+        {
             return None;
         }
         let mut rest = &text[19..];
@@ -55,7 +60,9 @@ impl Timestamp {
             }
         };
         let days = days_from_civil(year, month, day);
-        Some(Timestamp(days * 86_400 + hour * 3600 + minute * 60 + second - offset))
+        Some(Timestamp(
+            days * 86_400 + hour * 3600 + minute * 60 + second - offset,
+        ))
     }
 }
 
@@ -109,12 +116,21 @@ mod tests {
             Timestamp::parse("2026-07-27T12:15:30+02:00"),
             Some(Timestamp(1_785_147_330))
         );
-        assert_eq!(Timestamp::parse("2000-02-29T00:00:00Z"), Some(Timestamp(951_782_400)));
+        assert_eq!(
+            Timestamp::parse("2000-02-29T00:00:00Z"),
+            Some(Timestamp(951_782_400))
+        );
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "2026-07-27", "2026-07-27T10:15:30", "2026-13-01T00:00:00Z", "x026-07-27T10:15:30Z"] {
+        for bad in [
+            "",
+            "2026-07-27",
+            "2026-07-27T10:15:30",
+            "2026-13-01T00:00:00Z",
+            "x026-07-27T10:15:30Z",
+        ] {
             assert_eq!(Timestamp::parse(bad), None, "{bad}");
         }
     }
