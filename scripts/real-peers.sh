@@ -232,10 +232,18 @@ test_domain_count() {
 }
 
 start_test_holder() {
-  pid_alive test-holder && return 0
-  # A long-lived connection keeps test+unix:///default's state (our domains) alive.
+  # A long-lived connection keeps test+unix:///default's state (our domains) alive. It is
+  # only useful on the daemon it was opened to: after a libvirtd restart `virsh event
+  # --loop` lives on with a dead connection, so it is replaced.
+  local daemon
+  daemon=$(pidof -s libvirtd || true)
+  if pid_alive test-holder; then
+    [[ $(cat "$PIDS/test-holder.daemon" 2>/dev/null) == "$daemon" ]] && return 0
+    stop_pid test-holder
+  fi
   setsid virsh -c "$TEST_URI" event --all --loop >"$LOGS/test-holder.log" 2>&1 </dev/null &
   echo $! >"$PIDS/test-holder.pid"
+  echo "$daemon" >"$PIDS/test-holder.daemon"
   wait_for 10 virsh -c "$TEST_URI" version || die "test+unix:///default does not answer"
   log "test-driver connection held (pid $(cat "$PIDS/test-holder.pid"))"
 }
@@ -371,6 +379,7 @@ cmd_down() {
   rm -f "$STATE_FILE"
   stop_pid prometheus
   stop_pid test-holder   # the test driver forgets its domains with the last connection
+  rm -f "$PIDS/test-holder.daemon"
   if virsh -c "$QEMU_URI" version >/dev/null 2>&1; then
     if [[ -f $PIDS/guest.started ]]; then
       vsh "$QEMU_URI" destroy "$GUEST_DOMAIN" >/dev/null 2>&1 || true

@@ -81,11 +81,14 @@ impl AliasMap {
         nets.chain(blocks).all(|name| self.knows(name))
     }
 
-    /// Sets `alias` on every net and block device the map knows.
+    /// Sets `alias` on the net and block devices the map knows, with the launcher's
+    /// semantics: a known NIC always gets an alias (empty when its XML has none: KubeVirt's
+    /// `AliasSet` is "the target is in the map"), a disk only a non-empty one (KubeVirt
+    /// falls back to the target name for an empty disk alias anyway).
     pub fn apply(&self, stats: &mut DomainStats) {
         for net in &mut stats.nets {
-            if let Some(alias) = net.name.as_deref().and_then(|n| self.get(n)) {
-                net.alias = Some(alias.to_owned());
+            if let Some(name) = net.name.as_deref().filter(|n| self.knows(n)) {
+                net.alias = Some(self.get(name).unwrap_or_default().to_owned());
             }
         }
         for block in &mut stats.blocks {
@@ -180,6 +183,15 @@ mod tests {
         assert_eq!(stats.nets[0].alias.as_deref(), Some("default"));
         assert_eq!(stats.blocks[0].alias.as_deref(), Some("rootdisk"));
         assert_eq!(stats.blocks[1].alias, None);
+        let mut bare = DomainStats {
+            nets: vec![NetStats {
+                name: Some("vnet1".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        map.apply(&mut bare);
+        assert_eq!(bare.nets[0].alias.as_deref(), Some(""), "known NIC without alias");
         stats.blocks.push(BlockStats {
             name: Some("vdb".into()),
             ..Default::default()
