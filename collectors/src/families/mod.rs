@@ -71,7 +71,9 @@ mod tests {
 
     #[test]
     fn label_name_validity() {
-        assert!(is_valid_label_name("kubernetes_vmi_label_kubevirt_io_nodeName"));
+        assert!(is_valid_label_name(
+            "kubernetes_vmi_label_kubevirt_io_nodeName"
+        ));
         assert!(is_valid_label_name("_x"));
         assert!(!is_valid_label_name(""));
         assert!(!is_valid_label_name("1x"));
