@@ -64,10 +64,10 @@ fn every_rule_compiles_and_fits_the_cost_budget() {
     let rules: Vec<String> = collect_rules(&schema());
     assert!(rules.len() >= 10, "expected the CEL rules in the schema: {crd}");
     for rule in rules {
-        let warnings = kube_cel::analysis::estimate_rule_cost(&rule, &compiled);
+        let warnings = kube_cel::estimate_rule_cost(&rule, &compiled);
         let costly: Vec<_> = warnings
             .iter()
-            .filter(|w| matches!(w.kind, kube_cel::analysis::WarningKind::CostExceeded))
+            .filter(|w| matches!(w.kind, kube_cel::WarningKind::CostExceeded))
             .collect();
         assert!(costly.is_empty(), "{rule}: {costly:?}");
     }
