@@ -1,1 +1,28 @@
-fn main() {}
+//! Generates the gRPC client and server for KubeVirt's virt-launcher command protocol
+//! (`proto/`), only when the `runtime` feature is on: the operator uses this crate with
+//! default features off and should not pay for a protobuf compiler. `protox` parses the
+//! `.proto` files in-process, so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=build.rs");
+    #[cfg(feature = "runtime")]
+    launcher_protocol()?;
+    Ok(())
+}
+
+#[cfg(feature = "runtime")]
+fn launcher_protocol() -> Result<(), Box<dyn std::error::Error>> {
+    const PROTOS: [&str; 2] = ["proto/cmd/info/info.proto", "proto/cmd/v1/cmd.proto"];
+    println!("cargo:rerun-if-changed=proto");
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    // The server half is what the tests' fake virt-launcher is built from.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .emit_rerun_if_changed(false)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

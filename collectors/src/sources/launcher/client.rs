@@ -1,0 +1,289 @@
+//! A client for one virt-launcher's command socket, and a pool that keeps them.
+//!
+//! Like virt-handler's cmd client: gRPC without TLS over the unix socket with authority
+//! `localhost`, `CmdInfo/Info` first to agree on cmd version 1, then `kubevirt.cmd.v1.Cmd`
+//! calls with per-call timeouts (5 s for the quick calls, 20 s for the dirty-rate
+//! calculation). Unlike virt-handler, which dials and negotiates on every scrape, a
+//! connection is kept per socket across passes and dropped when it misbehaves.
+//!
+//! The launcher reports most failures in-band (`Response{success: false}` with gRPC status
+//! OK); newer launchers also answer with gRPC errors. Both become a [`ClientError`].
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::proto::cmd_v1::{self, cmd_client::CmdClient};
+use super::proto::info::{CmdInfoRequest, cmd_info_client::CmdInfoClient};
+
+/// The one cmd protocol version this client speaks.
+pub const CMD_VERSION: &str = "1";
+
+/// Per-call limits; a call never outlives the deadline it is given either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcTimeouts {
+    /// Dialling the socket (virt-handler: 2 s).
+    pub connect: Duration,
+    /// `Info`, `GetDomainStats`, `GetFilesystems` (virt-handler: `shortTimeout`, 5 s).
+    pub short: Duration,
+    /// `GetDomainDirtyRateStats`, which samples for a second (virt-handler: `longTimeout`, 20 s).
+    pub long: Duration,
+}
+
+impl Default for RpcTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            short: Duration::from_secs(5),
+            long: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {}: {source}", .socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("{call} timed out after {after:?}")]
+    Timeout { call: &'static str, after: Duration },
+    #[error("{call} failed: {status}")]
+    Rpc {
+        call: &'static str,
+        status: Box<tonic::Status>,
+    },
+    #[error("launcher failed {call}: {message}")]
+    Launcher { call: &'static str, message: String },
+    #[error(
+        "launcher supports cmd versions {offered:?}, this collector speaks only version {CMD_VERSION}"
+    )]
+    Version { offered: Vec<String> },
+}
+
+impl ClientError {
+    /// The bounded problem kind for self-metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::Timeout { .. } => "timeout",
+            Self::Rpc { .. } => "rpc",
+            Self::Launcher { .. } => "launcher",
+            Self::Version { .. } => "version",
+        }
+    }
+
+    /// Whether the connection that produced this error should be thrown away. An in-band
+    /// failure or an unimplemented call says nothing bad about the connection; a hang or a
+    /// transport failure does.
+    pub fn breaks_connection(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Version { .. } => true,
+            Self::Launcher { .. } => false,
+            Self::Rpc { status, .. } => matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded
+            ),
+        }
+    }
+}
+
+/// A negotiated connection to one launcher. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct LauncherClient {
+    cmd: CmdClient<Channel>,
+    timeouts: RpcTimeouts,
+}
+
+impl LauncherClient {
+    /// Dials `socket` and agrees on cmd version 1, all before `deadline`.
+    pub async fn connect(
+        socket: &Path,
+        timeouts: RpcTimeouts,
+        deadline: Instant,
+    ) -> Result<Self, ClientError> {
+        let channel = dial(socket, limit(timeouts.connect, deadline)).await?;
+        negotiate(channel.clone(), limit(timeouts.short, deadline)).await?;
+        Ok(Self {
+            cmd: CmdClient::new(channel),
+            timeouts,
+        })
+    }
+
+    /// The `stats.DomainStats` JSON, or `None` when the launcher has no domain (yet, or
+    /// any more: it answers with an empty string or `null` then).
+    pub async fn domain_stats(&self, deadline: Instant) -> Result<Option<String>, ClientError> {
+        const CALL: &str = "GetDomainStats";
+        let after = limit(self.timeouts.short, deadline);
+        let mut cmd = self.cmd.clone();
+        let reply = bounded(CALL, after, cmd.get_domain_stats(request(after))).await?;
+        check(CALL, reply.response)?;
+        let json = reply.domain_stats;
+        let trimmed = json.trim();
+        Ok((!trimmed.is_empty() && trimmed != "null").then_some(json))
+    }
+
+    /// The guest agent's filesystem list as JSON.
+    pub async fn filesystems(&self, deadline: Instant) -> Result<String, ClientError> {
+        const CALL: &str = "GetFilesystems";
+        let after = limit(self.timeouts.short, deadline);
+        let mut cmd = self.cmd.clone();
+        let reply = bounded(CALL, after, cmd.get_filesystems(request(after))).await?;
+        check(CALL, reply.response)?;
+        Ok(reply.guest_filesystems_response)
+    }
+
+    /// The domain's dirty page rate in MiB/s.
+    pub async fn dirty_rate_mbs(&self, deadline: Instant) -> Result<i64, ClientError> {
+        const CALL: &str = "GetDomainDirtyRateStats";
+        let after = limit(self.timeouts.long, deadline);
+        let mut cmd = self.cmd.clone();
+        let reply = bounded(CALL, after, cmd.get_domain_dirty_rate_stats(request(after))).await?;
+        check(CALL, reply.response)?;
+        Ok(reply.dirty_rate_mbs)
+    }
+}
+
+/// The smaller of a call's own timeout and what is left until `deadline`.
+fn limit(timeout: Duration, deadline: Instant) -> Duration {
+    timeout.min(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// An empty request that also tells the launcher how long we will wait (`grpc-timeout`).
+fn request(after: Duration) -> tonic::Request<cmd_v1::EmptyRequest> {
+    let mut request = tonic::Request::new(cmd_v1::EmptyRequest {});
+    if !after.is_zero() {
+        request.set_timeout(after);
+    }
+    request
+}
+
+async fn bounded<T>(
+    call: &'static str,
+    after: Duration,
+    reply: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ClientError> {
+    let started = Instant::now();
+    match tokio::time::timeout(after, reply).await {
+        Err(_) => Err(ClientError::Timeout { call, after }),
+        // The server enforces the `grpc-timeout` we sent too, and may answer with an error
+        // just before our own timer fires: that is still our timeout.
+        Ok(Err(status))
+            if status.code() == tonic::Code::DeadlineExceeded || started.elapsed() >= after =>
+        {
+            Err(ClientError::Timeout { call, after })
+        }
+        Ok(Err(status)) => Err(ClientError::Rpc {
+            call,
+            status: Box::new(status),
+        }),
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+    }
+}
+
+/// Turns an in-band `Response{success: false}` into an error. A missing `Response` is
+/// accepted, as virt-handler does.
+fn check(call: &'static str, response: Option<cmd_v1::Response>) -> Result<(), ClientError> {
+    match response {
+        Some(response) if !response.success => Err(ClientError::Launcher {
+            call,
+            message: response.message,
+        }),
+        _ => Ok(()),
+    }
+}
+
+async fn dial(socket: &Path, after: Duration) -> Result<Channel, ClientError> {
+    let path = socket.to_path_buf();
+    let connector = tower::service_fn(move |_: Uri| {
+        let path = path.clone();
+        async move { UnixStream::connect(path).await.map(TokioIo::new) }
+    });
+    // The URI only supplies the `:authority` header; the connector ignores it.
+    let endpoint = Endpoint::from_static("http://localhost").connect_timeout(after);
+    match tokio::time::timeout(after, endpoint.connect_with_connector(connector)).await {
+        Err(_) => Err(ClientError::Timeout {
+            call: "connect",
+            after,
+        }),
+        Ok(Err(source)) => Err(ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        }),
+        Ok(Ok(channel)) => Ok(channel),
+    }
+}
+
+async fn negotiate(channel: Channel, after: Duration) -> Result<(), ClientError> {
+    const CALL: &str = "Info";
+    let mut info = CmdInfoClient::new(channel);
+    let mut request = tonic::Request::new(CmdInfoRequest {});
+    if !after.is_zero() {
+        request.set_timeout(after);
+    }
+    let reply = bounded(CALL, after, info.info(request)).await?;
+    let offered = reply.supported_cmd_versions;
+    if offered.iter().any(|v| v.trim() == CMD_VERSION) {
+        Ok(())
+    } else {
+        Err(ClientError::Version { offered })
+    }
+}
+
+/// Negotiated clients by socket path, reused across passes.
+#[derive(Debug, Default)]
+pub struct ClientPool {
+    clients: Mutex<HashMap<PathBuf, LauncherClient>>,
+}
+
+impl ClientPool {
+    /// The kept client for `socket`, or a new one.
+    pub async fn get(
+        &self,
+        socket: &Path,
+        timeouts: RpcTimeouts,
+        deadline: Instant,
+    ) -> Result<LauncherClient, ClientError> {
+        if let Some(client) = self.lock().get(socket) {
+            return Ok(client.clone());
+        }
+        let client = LauncherClient::connect(socket, timeouts, deadline).await?;
+        self.lock().insert(socket.to_path_buf(), client.clone());
+        Ok(client)
+    }
+
+    /// Drops the connection to `socket`; the next pass dials again.
+    pub fn forget(&self, socket: &Path) {
+        self.lock().remove(socket);
+    }
+
+    /// Drops connections to every socket not in `live` (VMIs gone or moved).
+    pub fn retain(&self, live: &HashSet<PathBuf>) {
+        self.lock().retain(|socket, _| live.contains(socket));
+    }
+
+    /// How many connections are kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, LauncherClient>> {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

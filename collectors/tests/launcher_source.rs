@@ -1,0 +1,557 @@
+//! The launcher source against fake virt-launchers: real gRPC servers from KubeVirt's cmd
+//! protos on unix sockets, under a temporary directory laid out like the kubelet's pods
+//! directory, serving payloads captured from a real guest. No Kubernetes API server: the
+//! VMIs come from a `StaticVmis`.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/fake_launcher.rs"]
+mod fake_launcher;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake_launcher::{Calls, FakeLauncher, Reply, Script};
+use kubevirt_metrics_collectors::collect::{SourceReport, StatsSource};
+use kubevirt_metrics_collectors::sources::launcher::{
+    LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, Vmi,
+};
+use tokio::time::Instant;
+
+const NODE: &str = "node-1";
+// Real pod UIDs are 36 characters; with a short temp dir the socket path stays under the
+// 108-byte limit of unix socket addresses, as it does under /pods.
+const POD_TESTVM: &str = "8d2f2a4e-7c1b-4f6a-9f43-2b8e1f0c6d11";
+const POD_DB: &str = "2b7c9e31-0d4f-4e8a-8c65-9a1e7f3b5d22";
+const POD_OTHER: &str = "f4a1c2d3-5e6f-4a7b-8c9d-0e1f2a3b4c33";
+
+fn payload(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/launcher-payloads")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn pods_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("kv")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+fn vmi(namespace: &str, name: &str, pod_uid: &str, phase: &str) -> Vmi {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {
+            "name": name, "namespace": namespace, "uid": format!("uid-{name}"),
+            "labels": {"kubevirt.io/nodeName": NODE, "kubevirt.io/domain": name, "app": "demo"}
+        },
+        "status": {"phase": phase, "nodeName": NODE, "activePods": {pod_uid: NODE}}
+    }))
+    .unwrap()
+}
+
+fn settings(pods: &Path, vmi_timeout: Duration) -> LauncherSettings {
+    LauncherSettings {
+        node_name: NODE.to_owned(),
+        pods_dir: pods.to_path_buf(),
+        max_concurrency: 2,
+        vmi_timeout,
+        rpc: RpcTimeouts::default(),
+    }
+}
+
+fn source(pods: &Path, vmis: Vec<Vmi>, vmi_timeout: Duration) -> (LauncherSource, Arc<StaticVmis>) {
+    let lister = Arc::new(StaticVmis::new(vmis));
+    let source = LauncherSource::with_lister(lister.clone(), settings(pods, vmi_timeout));
+    (source, lister)
+}
+
+async fn pass(source: &LauncherSource, within: Duration) -> SourceReport {
+    StatsSource::collect(source, Instant::now() + within).await
+}
+
+fn testvm_launcher(pods: &Path) -> FakeLauncher {
+    FakeLauncher::start(
+        pods,
+        POD_TESTVM,
+        // No guest agent in that guest: Go encodes the empty list as null.
+        Script::serving(&payload("captured-domainstats-testvm.json"), "null", 0),
+    )
+}
+
+fn db_launcher(pods: &Path) -> FakeLauncher {
+    FakeLauncher::start(
+        pods,
+        POD_DB,
+        Script::serving(
+            &payload("captured-domainstats-db.json"),
+            &payload("captured-filesystems-db.json"),
+            3,
+        ),
+    )
+}
+
+fn kinds(report: &SourceReport) -> Vec<(&str, &str, &str)> {
+    let mut kinds: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| (p.source, p.kind, p.target.as_str()))
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+fn names(report: &SourceReport) -> Vec<String> {
+    report
+        .vmis
+        .iter()
+        .map(|s| format!("{}/{}", s.vmi.namespace, s.vmi.name))
+        .collect()
+}
+
+#[tokio::test]
+async fn captured_payloads_decode_into_the_model_with_identity_labels() {
+    let pods = pods_dir();
+    let testvm = testvm_launcher(pods.path());
+    let db = db_launcher(pods.path());
+    let (source, _) = source(
+        pods.path(),
+        vec![
+            vmi("default", "testvm", POD_TESTVM, "Running"),
+            vmi("prod", "db-1", POD_DB, "Running"),
+        ],
+        Duration::from_secs(5),
+    );
+
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), [], "{:#?}", report.problems);
+    assert_eq!(report.targets_seen, 2);
+    assert_eq!(names(&report), ["default/testvm", "prod/db-1"]);
+
+    let first = &report.vmis[0];
+    assert_eq!(first.vmi.node, NODE);
+    assert_eq!(
+        first.vmi.labels.get("app").map(String::as_str),
+        Some("demo")
+    );
+    assert_eq!(first.domain.name.as_deref(), Some("default_testvm"));
+    let cpu = first.domain.cpu.as_ref().unwrap();
+    assert_eq!(cpu.time, Some(3_317_204_000));
+    let memory = first.domain.memory.as_ref().unwrap();
+    assert_eq!(
+        (memory.rss, memory.cached, memory.total),
+        (Some(188_572), Some(2488), Some(98_304))
+    );
+    assert_eq!(first.domain.vcpus.len(), 1);
+    assert_eq!(first.domain.nets[0].alias.as_deref(), Some("default"));
+    assert_eq!(first.domain.blocks[0].alias.as_deref(), Some("rootdisk"));
+    assert_eq!(
+        first.domain.blocks[0].errors, None,
+        "ErrorsSet=false must stay unset"
+    );
+    assert_eq!(
+        first.domain.cpu_map.as_deref(),
+        Some(&[vec![true, true]][..])
+    );
+    assert!(first.filesystems.is_empty());
+    assert_eq!(first.dirty_rate_mbs, Some(0));
+
+    let second = &report.vmis[1];
+    assert_eq!(second.domain.name.as_deref(), Some("prod_db-1"));
+    assert_eq!(second.domain.blocks.len(), 2);
+    assert_eq!(second.dirty_rate_mbs, Some(3));
+    let mounts: Vec<_> = second
+        .filesystems
+        .iter()
+        .map(|f| f.mount_point.as_str())
+        .collect();
+    assert_eq!(mounts, ["/", "/boot"]);
+    assert_eq!(second.filesystems[0].total_bytes, 31_131_365_376);
+    assert_eq!(
+        second.domain.load.as_ref().and_then(|l| l.load1m),
+        Some(0.42)
+    );
+
+    // A second pass reuses the negotiated connections: no new Info call.
+    let again = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(names(&again), ["default/testvm", "prod/db-1"]);
+    assert_eq!(source.open_connections(), 2);
+    for launcher in [&testvm, &db] {
+        assert_eq!(Calls::get(&launcher.calls.info), 1);
+        assert_eq!(Calls::get(&launcher.calls.domain_stats), 2);
+        assert_eq!(Calls::get(&launcher.calls.filesystems), 2);
+        assert_eq!(Calls::get(&launcher.calls.dirty_rate), 2);
+    }
+}
+
+#[tokio::test]
+async fn dirty_rate_is_asked_only_of_running_vmis_that_are_not_migrating() {
+    let pods = pods_dir();
+    let testvm = testvm_launcher(pods.path());
+    let db = db_launcher(pods.path());
+    let mut migrating = vmi("prod", "db-1", POD_DB, "Running");
+    migrating.status.migration_state = serde_json::from_value(serde_json::json!({
+        "startTimestamp": "2026-11-28T08:00:00Z", "completed": false, "failed": false
+    }))
+    .unwrap();
+    let (source, _) = source(
+        pods.path(),
+        vec![vmi("default", "testvm", POD_TESTVM, "Paused"), migrating],
+        Duration::from_secs(5),
+    );
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), []);
+    assert_eq!(names(&report), ["default/testvm", "prod/db-1"]);
+    assert!(report.vmis.iter().all(|s| s.dirty_rate_mbs.is_none()));
+    assert_eq!(Calls::get(&testvm.calls.dirty_rate), 0);
+    assert_eq!(Calls::get(&db.calls.dirty_rate), 0);
+}
+
+#[tokio::test]
+async fn a_launcher_that_never_answers_costs_only_its_own_vmi() {
+    let pods = pods_dir();
+    let _testvm = testvm_launcher(pods.path());
+    let _db = db_launcher(pods.path());
+    let _hung = FakeLauncher::start(pods.path(), POD_OTHER, Script::hanging());
+    let (source, _) = source(
+        pods.path(),
+        vec![
+            vmi("default", "testvm", POD_TESTVM, "Running"),
+            vmi("prod", "db-1", POD_DB, "Running"),
+            vmi("stuck", "vm", POD_OTHER, "Running"),
+        ],
+        Duration::from_millis(700),
+    );
+
+    let started = Instant::now();
+    let deadline = Duration::from_secs(3);
+    let report = pass(&source, deadline).await;
+    let took = started.elapsed();
+    assert!(
+        took <= deadline,
+        "the pass took {took:?}, past its {deadline:?} deadline"
+    );
+    assert_eq!(names(&report), ["default/testvm", "prod/db-1"]);
+    // All three calls of the hung VMI time out; each is counted.
+    let problems = kinds(&report);
+    assert!(!problems.is_empty());
+    assert!(
+        problems
+            .iter()
+            .all(|p| *p == ("launcher", "timeout", "stuck/vm")),
+        "{problems:?}"
+    );
+    // The hung connection is not kept.
+    assert_eq!(source.open_connections(), 2);
+}
+
+#[tokio::test]
+async fn the_pass_deadline_wins_over_a_longer_vmi_timeout() {
+    let pods = pods_dir();
+    let _testvm = testvm_launcher(pods.path());
+    let _hung = FakeLauncher::start(pods.path(), POD_OTHER, Script::hanging());
+    let (source, _) = source(
+        pods.path(),
+        vec![
+            vmi("stuck", "vm", POD_OTHER, "Running"),
+            vmi("default", "testvm", POD_TESTVM, "Running"),
+        ],
+        Duration::from_secs(60),
+    );
+    let started = Instant::now();
+    let deadline = Duration::from_millis(1500);
+    let report = pass(&source, deadline).await;
+    let took = started.elapsed();
+    assert!(
+        took <= deadline,
+        "the pass took {took:?}, past its {deadline:?} deadline"
+    );
+    assert_eq!(names(&report), ["default/testvm"]);
+    assert!(kinds(&report).contains(&("launcher", "timeout", "stuck/vm")));
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_decode_problem() {
+    let pods = pods_dir();
+    let _bad = FakeLauncher::start(
+        pods.path(),
+        POD_OTHER,
+        Script::serving(
+            r#"{"Name":"bad_vm","Cpu":{"TimeSet":true,"Time":"#,
+            r#"[{"diskName":"#,
+            1,
+        ),
+    );
+    let _testvm = testvm_launcher(pods.path());
+    let (source, _) = source(
+        pods.path(),
+        vec![
+            vmi("bad", "vm", POD_OTHER, "Running"),
+            vmi("default", "testvm", POD_TESTVM, "Running"),
+        ],
+        Duration::from_secs(5),
+    );
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(
+        kinds(&report),
+        [
+            ("launcher", "decode", "bad/vm"),
+            ("launcher", "decode", "bad/vm")
+        ]
+    );
+    // The dirty rate of the bad VMI still arrived, as virt-handler's separate collector
+    // would report it; nothing else of it.
+    assert_eq!(names(&report), ["bad/vm", "default/testvm"]);
+    let bad = &report.vmis[0];
+    assert_eq!(bad.dirty_rate_mbs, Some(1));
+    assert_eq!(bad.domain, Default::default());
+    assert!(bad.filesystems.is_empty());
+    // A decode error says nothing bad about the connection.
+    assert_eq!(source.open_connections(), 2);
+}
+
+#[tokio::test]
+async fn in_band_failure_and_grpc_errors_are_problems() {
+    let pods = pods_dir();
+    let _failing = FakeLauncher::start(
+        pods.path(),
+        POD_OTHER,
+        Script {
+            cmd_versions: vec!["1".to_owned()],
+            domain_stats: Reply::InBandFailure(
+                "virError(Code=42, Message='Domain not found')".to_owned(),
+            ),
+            filesystems: Reply::Value("null".to_owned()),
+            dirty_rate_mbs: Reply::Status(tonic::Code::Internal, "dirty rate failed".to_owned()),
+        },
+    );
+    let db = db_launcher(pods.path());
+    let (source, _) = source(
+        pods.path(),
+        vec![
+            vmi("sad", "vm", POD_OTHER, "Running"),
+            vmi("prod", "db-1", POD_DB, "Running"),
+        ],
+        Duration::from_secs(5),
+    );
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(
+        kinds(&report),
+        [
+            ("launcher", "launcher", "sad/vm"),
+            ("launcher", "rpc", "sad/vm")
+        ]
+    );
+    let launcher_failure = report
+        .problems
+        .iter()
+        .find(|p| p.kind == "launcher")
+        .unwrap();
+    assert!(
+        launcher_failure.message.contains("Domain not found"),
+        "{launcher_failure:?}"
+    );
+    assert_eq!(names(&report), ["prod/db-1"]);
+    assert_eq!(Calls::get(&db.calls.domain_stats), 1);
+}
+
+#[tokio::test]
+async fn a_launcher_without_a_domain_is_counted_only_for_running_vmis() {
+    let pods = pods_dir();
+    let empty = |uid| FakeLauncher::start(pods.path(), uid, Script::serving("", "null", 0));
+    let _a = empty(POD_TESTVM);
+    let _b = FakeLauncher::start(pods.path(), POD_DB, Script::serving("null", "null", 0));
+    let (source, _) = source(
+        pods.path(),
+        vec![
+            vmi("default", "testvm", POD_TESTVM, "Scheduled"),
+            vmi("prod", "db-1", POD_DB, "Running"),
+        ],
+        Duration::from_secs(5),
+    );
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), [("launcher", "no_domain", "prod/db-1")]);
+    // db-1 is running and not migrating: its dirty rate still counts.
+    assert_eq!(names(&report), ["prod/db-1"]);
+}
+
+#[tokio::test]
+async fn a_vmi_whose_socket_disappears_is_a_problem_and_its_connection_is_dropped() {
+    let pods = pods_dir();
+    let testvm = testvm_launcher(pods.path());
+    let _db = db_launcher(pods.path());
+    let (source, lister) = source(
+        pods.path(),
+        vec![
+            vmi("default", "testvm", POD_TESTVM, "Running"),
+            vmi("prod", "db-1", POD_DB, "Running"),
+        ],
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        names(&pass(&source, Duration::from_secs(10)).await).len(),
+        2
+    );
+    assert_eq!(source.open_connections(), 2);
+
+    // The launcher pod goes away while the VMI still claims to run.
+    testvm.vanish();
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), [("launcher", "socket", "default/testvm")]);
+    assert_eq!(names(&report), ["prod/db-1"]);
+    assert_eq!(source.open_connections(), 1);
+
+    // And then the VMI is deleted: it is simply gone, with no problem.
+    lister.set(vec![vmi("prod", "db-1", POD_DB, "Running")]);
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), []);
+    assert_eq!(names(&report), ["prod/db-1"]);
+}
+
+#[tokio::test]
+async fn a_dead_launcher_behind_a_kept_connection_is_redialled_next_pass() {
+    let pods = pods_dir();
+    let testvm = testvm_launcher(pods.path());
+    let (source, _) = source(
+        pods.path(),
+        vec![vmi("default", "testvm", POD_TESTVM, "Running")],
+        Duration::from_secs(2),
+    );
+    assert_eq!(
+        names(&pass(&source, Duration::from_secs(10)).await).len(),
+        1
+    );
+
+    // The process dies, its socket file stays.
+    testvm.die();
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert!(report.vmis.is_empty());
+    let problems = kinds(&report);
+    assert!(
+        problems
+            .iter()
+            .all(|(_, kind, target)| ["rpc", "timeout"].contains(kind)
+                && *target == "default/testvm"),
+        "{problems:?}"
+    );
+    assert_eq!(source.open_connections(), 0);
+
+    // Nothing listens any more: dialling fails.
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), [("launcher", "connect", "default/testvm")]);
+}
+
+#[tokio::test]
+async fn the_unresponsive_marker_skips_the_launcher() {
+    let pods = pods_dir();
+    let testvm = testvm_launcher(pods.path());
+    testvm.mark_unresponsive();
+    let (source, _) = source(
+        pods.path(),
+        vec![vmi("default", "testvm", POD_TESTVM, "Running")],
+        Duration::from_secs(5),
+    );
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(
+        kinds(&report),
+        [("launcher", "unresponsive", "default/testvm")]
+    );
+    assert!(report.vmis.is_empty());
+    assert_eq!(
+        Calls::get(&testvm.calls.info),
+        0,
+        "an unresponsive launcher is not dialled"
+    );
+}
+
+#[tokio::test]
+async fn a_launcher_without_cmd_v1_is_a_version_problem() {
+    let pods = pods_dir();
+    let mut script = Script::serving(&payload("captured-domainstats-testvm.json"), "null", 0);
+    script.cmd_versions = vec!["2".to_owned()];
+    let future = FakeLauncher::start(pods.path(), POD_TESTVM, script);
+    let (source, _) = source(
+        pods.path(),
+        vec![vmi("default", "testvm", POD_TESTVM, "Running")],
+        Duration::from_secs(5),
+    );
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), [("launcher", "version", "default/testvm")]);
+    assert!(
+        report.problems[0].message.contains("[\"2\"]"),
+        "{:?}",
+        report.problems[0]
+    );
+    assert_eq!(Calls::get(&future.calls.info), 1);
+    assert_eq!(Calls::get(&future.calls.domain_stats), 0);
+    assert_eq!(source.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn sockets_are_found_like_virt_handler_does() {
+    let pods = pods_dir();
+    let _testvm = testvm_launcher(pods.path());
+    let _db = db_launcher(pods.path());
+    let two_pods_here: Vmi = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "moving", "namespace": "prod"},
+        "status": {"phase": "Running", "nodeName": NODE,
+                   "activePods": {POD_TESTVM: NODE, POD_DB: NODE}}
+    }))
+    .unwrap();
+    let elsewhere: Vmi = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "away", "namespace": "prod"},
+        "status": {"phase": "Running", "nodeName": "node-2", "activePods": {POD_DB: "node-2"}}
+    }))
+    .unwrap();
+    let pending = vmi("prod", "starting", POD_OTHER, "Scheduling");
+    let (source, _) = source(
+        pods.path(),
+        vec![two_pods_here, elsewhere, pending],
+        Duration::from_secs(5),
+    );
+    let report = pass(&source, Duration::from_secs(10)).await;
+    // Two live sockets (a same-node migration): wait. No pod on this node: nothing to ask.
+    // Not running yet and no socket: silently skipped.
+    assert_eq!(
+        kinds(&report),
+        [
+            ("launcher", "socket", "prod/away"),
+            ("launcher", "socket", "prod/moving")
+        ]
+    );
+    assert!(report.vmis.is_empty());
+    assert_eq!(report.targets_seen, 3);
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded() {
+    // Four hung launchers, concurrency 2, 400 ms per VMI: two rounds of timeouts; with
+    // unbounded concurrency this would take one round.
+    let pods = pods_dir();
+    let uids: Vec<String> = (0..4)
+        .map(|i| format!("0000000{i}-0000-4000-8000-000000000000"))
+        .collect();
+    let _launchers: Vec<_> = uids
+        .iter()
+        .map(|uid| FakeLauncher::start(pods.path(), uid, Script::hanging()))
+        .collect();
+    let vmis = uids
+        .iter()
+        .enumerate()
+        .map(|(i, uid)| vmi("ns", &format!("vm{i}"), uid, "Running"))
+        .collect();
+    let (source, _) = source(pods.path(), vmis, Duration::from_millis(400));
+    let started = Instant::now();
+    let report = pass(&source, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800),
+        "took {took:?}: more than 2 launchers at once"
+    );
+    let mut timed_out: Vec<_> = report.problems.iter().map(|p| p.target.clone()).collect();
+    timed_out.dedup();
+    assert_eq!(timed_out.len(), 4, "{:?}", report.problems);
+}
