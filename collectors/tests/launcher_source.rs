@@ -20,6 +20,8 @@ use kubevirt_metrics_collectors::sources::launcher::{
 use tokio::time::Instant;
 
 const NODE: &str = "node-1";
+/// Timers fire late on a busy machine, never early.
+const SCHEDULING_SLACK: Duration = Duration::from_millis(500);
 // Real pod UIDs are 36 characters; with a short temp dir the socket path stays under the
 // 108-byte limit of unix socket addresses, as it does under /pods.
 const POD_TESTVM: &str = "8d2f2a4e-7c1b-4f6a-9f43-2b8e1f0c6d11";
@@ -230,8 +232,9 @@ async fn a_launcher_that_never_answers_costs_only_its_own_vmi() {
     let deadline = Duration::from_secs(3);
     let report = pass(&source, deadline).await;
     let took = started.elapsed();
+    // The point is not waiting for the hung launcher at all; allow for a loaded machine.
     assert!(
-        took <= deadline,
+        took <= deadline + SCHEDULING_SLACK,
         "the pass took {took:?}, past its {deadline:?} deadline"
     );
     assert_eq!(names(&report), ["default/testvm", "prod/db-1"]);
@@ -265,8 +268,9 @@ async fn the_pass_deadline_wins_over_a_longer_vmi_timeout() {
     let deadline = Duration::from_millis(1500);
     let report = pass(&source, deadline).await;
     let took = started.elapsed();
+    // The point is not waiting for the hung launcher at all; allow for a loaded machine.
     assert!(
-        took <= deadline,
+        took <= deadline + SCHEDULING_SLACK,
         "the pass took {took:?}, past its {deadline:?} deadline"
     );
     assert_eq!(names(&report), ["default/testvm"]);
@@ -554,4 +558,98 @@ async fn concurrency_is_bounded() {
     let mut timed_out: Vec<_> = report.problems.iter().map(|p| p.target.clone()).collect();
     timed_out.dedup();
     assert_eq!(timed_out.len(), 4, "{:?}", report.problems);
+}
+
+/// The VMI watch against a scripted API server (no real one is needed): it lists and
+/// watches only this node's VMIs, reads real list JSON, and reports itself synced.
+#[tokio::test]
+async fn the_vmi_watch_selects_this_nodes_vmis() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+    use kubevirt_metrics_collectors::sources::launcher::{VmiLister, WatchedVmis};
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorded = Arc::clone(&seen);
+    let api = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let uri = request.uri().to_string();
+        recorded.lock().unwrap().push(uri.clone());
+        async move {
+            let body: BoxBody<Bytes, std::convert::Infallible> = if uri.contains("watch=true") {
+                // A watch that stays open with nothing new.
+                StreamBody::new(futures::stream::pending::<
+                    Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+                >())
+                .boxed()
+            } else {
+                let list = serde_json::json!({
+                    "apiVersion": "kubevirt.io/v1",
+                    "kind": "VirtualMachineInstanceList",
+                    "metadata": {"resourceVersion": "1234"},
+                    "items": [
+                        vmi_json("default", "testvm", POD_TESTVM),
+                        vmi_json("prod", "db-1", POD_DB),
+                    ]
+                });
+                Full::new(Bytes::from(list.to_string())).boxed()
+            };
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    });
+    let client = kube::Client::new(api, "default");
+    let watched = WatchedVmis::start(client, NODE);
+
+    let started = Instant::now();
+    let snapshot = loop {
+        let snapshot = watched.snapshot();
+        if snapshot.problems.is_empty() || started.elapsed() > Duration::from_secs(5) {
+            break snapshot;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(snapshot.problems, [], "the watch never synced");
+    let mut keys: Vec<_> = snapshot.vmis.iter().map(|v| v.key()).collect();
+    keys.sort();
+    assert_eq!(keys, ["default/testvm", "prod/db-1"]);
+    assert_eq!(snapshot.vmis[0].status.active_pods.len(), 1);
+
+    let uris = seen.lock().unwrap().clone();
+    assert!(!uris.is_empty());
+    for uri in &uris {
+        assert!(
+            uri.starts_with("/apis/kubevirt.io/v1/virtualmachineinstances?")
+                && uri.contains("labelSelector=kubevirt.io%2FnodeName%3Dnode-1"),
+            "{uri}"
+        );
+    }
+}
+
+/// A VMI as the API server returns it.
+fn vmi_json(namespace: &str, name: &str, pod_uid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}"),
+                     "resourceVersion": "1200",
+                     "labels": {"kubevirt.io/nodeName": NODE}},
+        "spec": {"domain": {"devices": {}, "resources": {}}},
+        "status": {"phase": "Running", "nodeName": NODE, "activePods": {pod_uid: NODE}}
+    })
+}
+
+#[tokio::test]
+async fn starting_without_a_node_name_fails_clearly() {
+    use clap::Parser;
+    use kubevirt_metrics_collectors::config::HandlerArgs;
+    use kubevirt_metrics_collectors::sources::launcher::LauncherError;
+
+    let mut args = HandlerArgs::parse_from(["virt-handler-metrics"]);
+    args.node_name.clear();
+    let err = LauncherSource::start(&args).await.err().unwrap();
+    assert!(matches!(err, LauncherError::NoNodeName), "{err}");
+    assert!(err.to_string().contains("NODE_NAME"));
 }
