@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kubevirt_metrics_operator::controller::RunConfig;
 use kubevirt_metrics_operator::plan::PlanDefaults;
 use kubevirt_metrics_operator::render::{self, OutputFormat};
 
@@ -18,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller (uses KUBECONFIG or the in-cluster configuration).
-    Run,
+    Run(RunConfig),
     /// Print the MetricsSidecarPolicy CRD as YAML.
     Crd,
     /// Print, offline, the KubeVirt CR change (and virt-operator Deployment apply body) the
@@ -43,12 +44,26 @@ struct RenderArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run => {
-            eprintln!("kubevirt-metrics-operator run: not implemented yet");
-            ExitCode::FAILURE
-        }
+        Command::Run(config) => run_controller(config),
         Command::Crd => print_or_fail("crd", kubevirt_metrics_operator::api::crd_yaml()),
         Command::Render(args) => print_or_fail("render", run_render(&args)),
+    }
+}
+
+fn run_controller(config: RunConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kubevirt-metrics-operator run: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(kubevirt_metrics_operator::controller::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kubevirt-metrics-operator run: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
