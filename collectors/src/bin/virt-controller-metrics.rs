@@ -1,4 +1,40 @@
-fn main() {
-    eprintln!("virt-controller-metrics: not built yet");
-    std::process::exit(1);
+//! virt-controller-metrics: KubeVirt's virt-controller cluster metrics (`kubevirt_vm_*`,
+//! `kubevirt_vmi_info`, migrations, snapshots, ...) rebuilt from the objects virt-controller
+//! watches, exported only next to the leading virt-controller; see `--help`.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use kubevirt_metrics_collectors::collect::Collector;
+use kubevirt_metrics_collectors::config::ControllerArgs;
+use kubevirt_metrics_collectors::controller::{ControllerCollector, ControllerOptions};
+use kubevirt_metrics_collectors::runtime;
+
+const NAME: &str = "virt-controller-metrics";
+
+#[tokio::main]
+async fn main() {
+    let args = ControllerArgs::parse();
+    runtime::init_tracing(args.common.log_format);
+    // KUBECONFIG, else the in-cluster service account.
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "{NAME}: no Kubernetes configuration");
+            std::process::exit(1);
+        }
+    };
+    let options = ControllerOptions::from_args(&args);
+    tracing::info!(
+        namespace = options.namespace,
+        identity = options.identity,
+        lease = options.leader_lease,
+        ignore_leadership = options.ignore_leadership,
+        "leader rule"
+    );
+    let collector: Arc<dyn Collector> = Arc::new(ControllerCollector::new(client, options));
+    if let Err(error) = runtime::run(NAME, &args.common, collector).await {
+        tracing::error!(%error, "{NAME} failed");
+        std::process::exit(1);
+    }
 }

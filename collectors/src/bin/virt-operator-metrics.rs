@@ -1,4 +1,50 @@
-fn main() {
-    eprintln!("virt-operator-metrics: not built yet");
-    std::process::exit(1);
+//! virt-operator-metrics: relays virt-operator's own /metrics through the sidecar's export
+//! paths, plus opt-in backports; see `--help`.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use kubevirt_metrics_collectors::collect::Collector;
+use kubevirt_metrics_collectors::component::{ComponentClient, ComponentEndpoint};
+use kubevirt_metrics_collectors::config::{OperatorArgs, OperatorBackport};
+use kubevirt_metrics_collectors::controller::lease::{self, LeaseReader};
+use kubevirt_metrics_collectors::relay::{Backport, RelayCollector};
+use kubevirt_metrics_collectors::runtime;
+
+const NAME: &str = "virt-operator-metrics";
+
+#[tokio::main]
+async fn main() {
+    let args = OperatorArgs::parse();
+    runtime::init_tracing(args.common.log_format);
+    let component = match ComponentClient::new(&ComponentEndpoint::from_args(&args.common)) {
+        Ok(component) => component,
+        Err(error) => {
+            tracing::error!(%error, "{NAME}: cannot reach virt-operator's metrics");
+            std::process::exit(1);
+        }
+    };
+    let mut backports = Vec::new();
+    // Kubernetes is only needed by the Lease backport.
+    if args.backports.contains(&OperatorBackport::LeadingStatus) {
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "{NAME}: --backport leading-status needs Kubernetes access");
+                std::process::exit(1);
+            }
+        };
+        let identity = lease::identity(&args.pod_name);
+        backports.push(Backport::OperatorLeadingStatus(LeaseReader::new(
+            client,
+            &args.namespace,
+            &args.leader_lease,
+            identity,
+        )));
+    }
+    let collector: Arc<dyn Collector> = Arc::new(RelayCollector::new(component, backports));
+    if let Err(error) = runtime::run(NAME, &args.common, collector).await {
+        tracing::error!(%error, "{NAME} failed");
+        std::process::exit(1);
+    }
 }
