@@ -1,6 +1,8 @@
 //! Shared by the controller tests: fixtures and golden files.
 #![allow(dead_code)]
 
+pub mod fake_api;
+
 use std::path::{Path, PathBuf};
 
 use kubevirt_metrics_collectors::families::controller::ClusterState;
