@@ -191,9 +191,7 @@ fn hyperconverged_writes(hc: &HyperConverged, plan: &Plan) -> Result<(Value, Val
 
 /// Formats the writes.
 pub fn format(rendered: &Rendered, format: OutputFormat) -> Result<String, RenderError> {
-    let mut documents = vec![
-        (&rendered.target_object, &rendered.target_request),
-    ];
+    let mut documents = vec![(&rendered.target_object, &rendered.target_request)];
     if let Some(body) = &rendered.virt_operator {
         documents.push((body, body));
     }
@@ -203,12 +201,14 @@ pub fn format(rendered: &Rendered, format: OutputFormat) -> Result<String, Rende
             OutputFormat::Yaml => {
                 out.push_str("---\n");
                 out.push_str(
-                    &serde_yaml::to_string(object).map_err(|e| RenderError::Output(e.to_string()))?,
+                    &serde_yaml::to_string(object)
+                        .map_err(|e| RenderError::Output(e.to_string()))?,
                 );
             }
             OutputFormat::Json => {
                 out.push_str(
-                    &serde_json::to_string(request).map_err(|e| RenderError::Output(e.to_string()))?,
+                    &serde_json::to_string(request)
+                        .map_err(|e| RenderError::Output(e.to_string()))?,
                 );
                 out.push('\n');
             }

@@ -2,6 +2,7 @@
 //! should, evaluated locally by kube-cel (the evaluator behind kube's `cel` feature) on the
 //! CRD schema the operator generates, with the schema defaults applied first, as the
 //! apiserver does.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use kube::CustomResourceExt;
 use kubevirt_metrics_operator::api::MetricsSidecarPolicy;
@@ -59,10 +60,17 @@ fn with_defaults(settings: Value) -> Value {
 #[test]
 fn every_rule_compiles_and_fits_the_cost_budget() {
     let compiled = kube_cel::compile_schema(&schema());
-    assert!(!compiled.has_errors(), "{:?}", compiled.compilation_errors());
+    assert!(
+        !compiled.has_errors(),
+        "{:?}",
+        compiled.compilation_errors()
+    );
     let crd = serde_json::to_string(&schema()).unwrap();
     let rules: Vec<String> = collect_rules(&schema());
-    assert!(rules.len() >= 10, "expected the CEL rules in the schema: {crd}");
+    assert!(
+        rules.len() >= 10,
+        "expected the CEL rules in the schema: {crd}"
+    );
     for rule in rules {
         let warnings = kube_cel::estimate_rule_cost(&rule, &compiled);
         let costly: Vec<_> = warnings
@@ -80,7 +88,10 @@ fn collect_rules(schema: &Value) -> Vec<String> {
         match node {
             Value::Object(map) => {
                 if let Some(Value::Array(list)) = map.get("x-kubernetes-validations") {
-                    rules.extend(list.iter().filter_map(|r| r["rule"].as_str().map(str::to_owned)));
+                    rules.extend(
+                        list.iter()
+                            .filter_map(|r| r["rule"].as_str().map(str::to_owned)),
+                    );
                 }
                 stack.extend(map.values());
             }
@@ -122,7 +133,10 @@ fn minimal_policies_are_admitted() {
 #[test]
 fn port_must_be_unprivileged_and_in_range() {
     for port in [0, 80, 1023, 65536, 70000] {
-        assert_rejected(with_defaults(json!({"port": port})), "between 1024 and 65535");
+        assert_rejected(
+            with_defaults(json!({"port": port})),
+            "between 1024 and 65535",
+        );
     }
     for port in [1024, 9443, 65535] {
         assert_admitted(with_defaults(json!({"port": port})));
@@ -132,7 +146,10 @@ fn port_must_be_unprivileged_and_in_range() {
 #[test]
 fn port_must_not_clash_with_kubevirt_ports() {
     for port in [8186, 8187, 8443, 8444] {
-        assert_rejected(with_defaults(json!({"port": port})), "KubeVirt components use");
+        assert_rejected(
+            with_defaults(json!({"port": port})),
+            "KubeVirt components use",
+        );
         assert_rejected(
             json!({"defaults": {"image": "r/c:v1"}, "components": {"virtController": {"port": port}}}),
             "KubeVirt components use",
@@ -151,8 +168,19 @@ fn port_name_must_not_be_metrics_or_another_taken_name() {
 
 #[test]
 fn port_name_must_be_an_iana_service_name() {
-    for name in ["Metrics", "side_car", "-x", "x-", "1234", "a-very-long-name16", ""] {
-        assert_rejected(with_defaults(json!({"portName": name})), "IANA service name");
+    for name in [
+        "Metrics",
+        "side_car",
+        "-x",
+        "x-",
+        "1234",
+        "a-very-long-name16",
+        "",
+    ] {
+        assert_rejected(
+            with_defaults(json!({"portName": name})),
+            "IANA service name",
+        );
     }
 }
 
@@ -169,7 +197,10 @@ fn interval_must_be_a_duration() {
 #[test]
 fn interval_must_be_within_bounds() {
     for bad in ["1s", "4999ms", "11m", "1h"] {
-        assert_rejected(with_defaults(json!({"interval": bad})), "between 5s and 10m");
+        assert_rejected(
+            with_defaults(json!({"interval": bad})),
+            "between 5s and 10m",
+        );
     }
 }
 
@@ -201,7 +232,9 @@ fn env_must_not_override_node_name() {
         with_defaults(json!({"env": [{"name": "NODE_NAME", "value": "x"}]})),
         "must not set NODE_NAME",
     );
-    assert_admitted(with_defaults(json!({"env": [{"name": "RUST_LOG", "value": "debug"}]})));
+    assert_admitted(with_defaults(
+        json!({"env": [{"name": "RUST_LOG", "value": "debug"}]}),
+    ));
 }
 
 #[test]

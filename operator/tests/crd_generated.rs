@@ -1,6 +1,7 @@
 //! The committed CRD under `crds/` is exactly what the Rust types generate
 //! (`kubevirt-metrics-operator crd`), and it has the names, columns and subresources users
 //! rely on. `UPDATE_GOLDEN=1` rewrites the committed file.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use kube::CustomResourceExt;
 use kubevirt_metrics_operator::api::{MetricsSidecarPolicy, crd_yaml};
@@ -30,16 +31,31 @@ fn committed_crd_is_fresh() {
 #[test]
 fn crd_has_the_names_columns_and_subresources_users_see() {
     let crd = MetricsSidecarPolicy::crd();
-    assert_eq!(crd.metadata.name.as_deref(), Some("metricssidecarpolicies.metrics.kubevirt.io"));
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("metricssidecarpolicies.metrics.kubevirt.io")
+    );
     assert_eq!(crd.spec.group, "metrics.kubevirt.io");
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(crd.spec.names.kind, "MetricsSidecarPolicy");
-    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["msp".to_owned()][..]));
-    assert_eq!(crd.spec.names.categories.as_deref(), Some(&["kubevirt".to_owned()][..]));
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["msp".to_owned()][..])
+    );
+    assert_eq!(
+        crd.spec.names.categories.as_deref(),
+        Some(&["kubevirt".to_owned()][..])
+    );
     let version = &crd.spec.versions[0];
     assert_eq!(version.name, "v1alpha1");
     assert!(version.served && version.storage);
-    assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some()
+    );
     let columns: Vec<&str> = version
         .additional_printer_columns
         .iter()

@@ -13,6 +13,7 @@
 //! - the rendered sidecar arguments parse with the collectors' own flag definitions;
 //! - HyperConverged annotation operations, applied as RFC 6902 to the KubeVirt CR HCO
 //!   builds, yield our entries next to the foreign ones.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,11 @@ fn cases() -> Vec<PathBuf> {
         .filter(|p| p.join("policy.yaml").exists())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 5, "golden cases missing in {}", golden_dir().display());
+    assert!(
+        dirs.len() >= 5,
+        "golden cases missing in {}",
+        golden_dir().display()
+    );
     dirs
 }
 
@@ -76,16 +81,30 @@ fn check_golden(path: &Path, actual: &str) {
         return;
     }
     let expected = std::fs::read_to_string(path).unwrap_or_else(|_| {
-        panic!("{} missing; run with UPDATE_GOLDEN=1 to create it", path.display())
+        panic!(
+            "{} missing; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
     });
-    assert_eq!(expected, actual, "{} is stale (UPDATE_GOLDEN=1 rewrites)", path.display());
+    assert_eq!(
+        expected,
+        actual,
+        "{} is stale (UPDATE_GOLDEN=1 rewrites)",
+        path.display()
+    );
 }
 
 #[test]
 fn render_matches_golden_files() {
     for case in cases() {
-        check_golden(&case.join("render.yaml"), &render_case(&case, OutputFormat::Yaml));
-        check_golden(&case.join("render.json"), &render_case(&case, OutputFormat::Json));
+        check_golden(
+            &case.join("render.yaml"),
+            &render_case(&case, OutputFormat::Yaml),
+        );
+        check_golden(
+            &case.join("render.json"),
+            &render_case(&case, OutputFormat::Json),
+        );
     }
 }
 
@@ -112,7 +131,12 @@ fn reverse_keys(value: Value) -> Value {
         Value::Object(map) => {
             let mut entries: Vec<(String, Value)> = map.into_iter().collect();
             entries.reverse();
-            Value::Object(entries.into_iter().map(|(k, v)| (k, reverse_keys(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, reverse_keys(v)))
+                    .collect(),
+            )
         }
         Value::Array(items) => Value::Array(items.into_iter().map(reverse_keys).collect()),
         other => other,
@@ -174,7 +198,10 @@ fn foreign_entries_survive_in_place_and_cleanup_restores_them() {
         .map(|e| (entry_owner(e), e["resourceName"].as_str().unwrap()))
         .collect();
     assert_eq!(names[1], (Some(owner.clone()), "virt-handler"));
-    assert_eq!(names.last().unwrap(), &(Some(owner.clone()), "virt-controller"));
+    assert_eq!(
+        names.last().unwrap(),
+        &(Some(owner.clone()), "virt-controller")
+    );
     assert_eq!(change.patches.len(), 6);
 
     // Writing it and planning again changes nothing (no write, no rollout).
@@ -209,7 +236,10 @@ fn kubectl() -> PathBuf {
     if let Some(path) = std::env::var_os("KUBECTL") {
         return PathBuf::from(path);
     }
-    for candidate in [repo().join(".work/bin/kubectl"), PathBuf::from("/usr/local/bin/kubectl")] {
+    for candidate in [
+        repo().join(".work/bin/kubectl"),
+        PathBuf::from("/usr/local/bin/kubectl"),
+    ] {
         if candidate.exists() {
             return candidate;
         }
@@ -226,7 +256,15 @@ fn strategic_patch(object: &Value, patch: &str) -> Value {
     let file = dir.path().join("object.json");
     std::fs::write(&file, serde_json::to_vec(object).unwrap()).unwrap();
     let output = Command::new(kubectl())
-        .args(["patch", "--local", "--type", "strategic", "-o", "json", "-f"])
+        .args([
+            "patch",
+            "--local",
+            "--type",
+            "strategic",
+            "-o",
+            "json",
+            "-f",
+        ])
         .arg(&file)
         .arg("-p")
         .arg(patch)
@@ -281,8 +319,16 @@ fn apply_like_virt_operator(component: Component, patches: &[Value]) -> Value {
 
 fn check_pod(component: Component, object: &Value) {
     let names = container_names(object);
-    assert_eq!(names[0], component.container_name(), "{component}: component container first");
-    assert_eq!(names.iter().filter(|n| *n == "metrics-sidecar").count(), 1, "{component}: one sidecar");
+    assert_eq!(
+        names[0],
+        component.container_name(),
+        "{component}: component container first"
+    );
+    assert_eq!(
+        names.iter().filter(|n| *n == "metrics-sidecar").count(),
+        1,
+        "{component}: one sidecar"
+    );
     let pod = &object["spec"]["template"]["spec"];
     let volumes: BTreeSet<&str> = pod["volumes"]
         .as_array()
@@ -294,16 +340,25 @@ fn check_pod(component: Component, object: &Value) {
     for container in pod["containers"].as_array().unwrap() {
         for mount in container["volumeMounts"].as_array().into_iter().flatten() {
             let name = mount["name"].as_str().unwrap();
-            assert!(volumes.contains(name), "{component}: mount of missing volume {name}");
+            assert!(
+                volumes.contains(name),
+                "{component}: mount of missing volume {name}"
+            );
         }
         for port in container["ports"].as_array().into_iter().flatten() {
             let name = port["name"].as_str().unwrap();
-            assert!(port_names.insert(name.to_owned()), "{component}: duplicate port name {name}");
+            assert!(
+                port_names.insert(name.to_owned()),
+                "{component}: duplicate port name {name}"
+            );
         }
     }
     // The component's own container is exactly as shipped.
     let original = &manifest(component)["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(&pod["containers"][0], original, "{component}: own container untouched");
+    assert_eq!(
+        &pod["containers"][0], original,
+        "{component}: own container untouched"
+    );
 }
 
 #[test]
@@ -313,8 +368,16 @@ fn patches_keep_the_component_container_first_on_real_manifests() {
         let kubevirt = load_kubevirt(case);
         let plan = load_plan(case, Some(&kubevirt));
         let patches = kubevirt_change(&kubevirt, &plan).patches;
-        for component in [Component::VirtHandler, Component::VirtController, Component::VirtApi] {
-            if !plan.entries.iter().any(|e| e.resource_name == component.workload_name()) {
+        for component in [
+            Component::VirtHandler,
+            Component::VirtController,
+            Component::VirtApi,
+        ] {
+            if !plan
+                .entries
+                .iter()
+                .any(|e| e.resource_name == component.workload_name())
+            {
                 continue;
             }
             let once = apply_like_virt_operator(component, &patches);
@@ -341,22 +404,33 @@ fn a_plain_strategic_patch_would_put_the_sidecar_first() {
         .unwrap()
         .remove("$setElementOrder/containers");
     let merged = strategic_patch(&manifest(Component::VirtHandler), &body.to_string());
-    assert_eq!(container_names(&merged), ["metrics-sidecar", "virt-handler"]);
+    assert_eq!(
+        container_names(&merged),
+        ["metrics-sidecar", "virt-handler"]
+    );
 }
 
 #[test]
 fn virt_operator_apply_body_names_the_real_deployment_and_its_volumes() {
     let plan = load_plan("overrides", None);
-    let body = plan.virt_operator.expect("virt-operator is enabled in overrides");
+    let body = plan
+        .virt_operator
+        .expect("virt-operator is enabled in overrides");
     let deployment = manifest(Component::VirtOperator);
     assert_eq!(body["metadata"]["name"], deployment["metadata"]["name"]);
-    assert_eq!(body["metadata"]["namespace"], deployment["metadata"]["namespace"]);
+    assert_eq!(
+        body["metadata"]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
     // Server-side apply merges containers by name, like a strategic merge without
     // reordering directives; kubectl's strategic merge of the body shows the result has the
     // virt-operator container untouched and every sidecar mount resolvable.
     let merged = strategic_patch(&deployment, &body.to_string());
     let names = container_names(&merged);
-    assert!(names.contains(&"virt-operator".to_owned()) && names.contains(&"metrics-sidecar".to_owned()));
+    assert!(
+        names.contains(&"virt-operator".to_owned())
+            && names.contains(&"metrics-sidecar".to_owned())
+    );
     let volumes: BTreeSet<&str> = merged["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -418,7 +492,9 @@ fn hyperconverged_operations_build_our_entries_into_hcos_kubevirt() {
             "spec": {"configuration": {"cpuRequest": "50m"}, "customizeComponents": {}},
         });
         json_patch::patch(&mut kubevirt, &ops).unwrap_or_else(|e| panic!("{case}: {e}"));
-        let patches = kubevirt["spec"]["customizeComponents"]["patches"].as_array().unwrap();
+        let patches = kubevirt["spec"]["customizeComponents"]["patches"]
+            .as_array()
+            .unwrap();
         let ours: Vec<&Value> = patches
             .iter()
             .filter(|e| entry_owner(e).as_deref() == Some("openshift-cnv/default"))
@@ -426,8 +502,14 @@ fn hyperconverged_operations_build_our_entries_into_hcos_kubevirt() {
         assert_eq!(ours.len(), 1, "{case}: exactly one entry of ours");
         assert_eq!(ours[0]["resourceName"], "virt-handler");
         let expected = load_plan(case, None).entries[0].to_value();
-        assert_eq!(ours[0], &expected, "{case}: the entry HCO writes is the planned one");
-        assert!(kubevirt["spec"]["configuration"]["cpuRequest"].is_string(), "{case}: foreign op applied");
+        assert_eq!(
+            ours[0], &expected,
+            "{case}: the entry HCO writes is the planned one"
+        );
+        assert!(
+            kubevirt["spec"]["configuration"]["cpuRequest"].is_string(),
+            "{case}: foreign op applied"
+        );
         if case == "hyperconverged-existing-array" {
             assert_eq!(patches.len(), 2, "the foreign entry stays");
             assert_eq!(patches[0]["resourceName"], "virt-api");
@@ -442,16 +524,38 @@ fn hyperconverged_cleanup_keeps_foreign_operations() {
     let Target::HyperConverged(hc) = render::parse_target(&text).unwrap() else {
         panic!("expected HyperConverged");
     };
-    let existing = hc.metadata.annotations.as_ref().unwrap()["kubevirt.kubevirt.io/jsonpatch"].clone();
+    let existing =
+        hc.metadata.annotations.as_ref().unwrap()["kubevirt.kubevirt.io/jsonpatch"].clone();
     let cleaned = plan::hco_annotation(Some(&existing), "openshift-cnv/default", &[]).unwrap();
     assert!(cleaned.changed);
     let ops: Vec<Value> = serde_json::from_str(cleaned.annotation.as_deref().unwrap()).unwrap();
     let before: Vec<Value> = serde_json::from_str(&existing).unwrap();
     assert_eq!(ops, vec![before[0].clone(), before[2].clone()]);
 
-    let only_ours = plan::hco_annotation(None, "openshift-cnv/default", &load_plan("hyperconverged", None).entry_values()).unwrap();
-    let removed = plan::hco_annotation(only_ours.annotation.as_deref(), "openshift-cnv/default", &[]).unwrap();
-    assert_eq!(removed, plan::HcoChange { annotation: None, changed: true });
-    let unchanged = plan::hco_annotation(only_ours.annotation.as_deref(), "openshift-cnv/default", &load_plan("hyperconverged", None).entry_values()).unwrap();
+    let only_ours = plan::hco_annotation(
+        None,
+        "openshift-cnv/default",
+        &load_plan("hyperconverged", None).entry_values(),
+    )
+    .unwrap();
+    let removed = plan::hco_annotation(
+        only_ours.annotation.as_deref(),
+        "openshift-cnv/default",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        removed,
+        plan::HcoChange {
+            annotation: None,
+            changed: true
+        }
+    );
+    let unchanged = plan::hco_annotation(
+        only_ours.annotation.as_deref(),
+        "openshift-cnv/default",
+        &load_plan("hyperconverged", None).entry_values(),
+    )
+    .unwrap();
     assert!(!unchanged.changed);
 }

@@ -82,10 +82,7 @@ impl Component {
                 "/etc/virt-controller/certificates",
             ),
             Self::VirtApi => ("kubevirt-virt-api-certs", "/etc/virt-api/certificates"),
-            Self::VirtOperator => (
-                "kubevirt-operator-certs",
-                "/etc/virt-operator/certificates",
-            ),
+            Self::VirtOperator => ("kubevirt-operator-certs", "/etc/virt-operator/certificates"),
         }
     }
 

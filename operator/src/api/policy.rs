@@ -26,6 +26,8 @@ pub const RESERVED_PORTS: [i32; 4] = [8186, 8187, 8443, 8444];
 /// Port names the components' own containers already use; names are unique per pod.
 pub const RESERVED_PORT_NAMES: [&str; 4] = ["metrics", "vmstats", "virt-api", "webhooks"];
 
+// kube-derive repeats `type_` per printcolumn, which clippy mistakes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "metrics.kubevirt.io",
@@ -62,7 +64,11 @@ pub const RESERVED_PORT_NAMES: [&str; 4] = ["metrics", "vmstats", "virt-api", "w
         priority = 1,
         json_path = ".spec.paused"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     doc = "Collector sidecars for KubeVirt's components: which components get one, and how it is configured. Lives in the KubeVirt namespace."
 )]
 #[serde(rename_all = "camelCase")]

@@ -30,7 +30,8 @@ use crate::api::Component;
 pub const MARKER_ANNOTATION: &str = "metrics.kubevirt.io/sidecar-policy";
 
 /// JSON pointer of the marker inside a patch body.
-const MARKER_POINTER: &str = "/spec/template/metadata/annotations/metrics.kubevirt.io~1sidecar-policy";
+const MARKER_POINTER: &str =
+    "/spec/template/metadata/annotations/metrics.kubevirt.io~1sidecar-policy";
 
 /// One `customizeComponents.patches` entry, fields in the order KubeVirt serializes them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +145,7 @@ fn same_target(a: &Value, b: &Value) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -154,7 +156,10 @@ mod tests {
 
     #[test]
     fn owner_is_read_from_the_patch_body() {
-        assert_eq!(entry_owner(&ours("virt-api", "kubevirt/p", "")).as_deref(), Some("kubevirt/p"));
+        assert_eq!(
+            entry_owner(&ours("virt-api", "kubevirt/p", "")).as_deref(),
+            Some("kubevirt/p")
+        );
         let foreign = json!({"resourceName": "virt-api", "resourceType": "Deployment", "patch": "{\"a\":1}", "type": "merge"});
         assert_eq!(entry_owner(&foreign), None);
         let not_json = json!({"resourceName": "x", "resourceType": "y", "patch": "metrics.kubevirt.io/sidecar-policy: a", "type": "json"});
@@ -170,13 +175,24 @@ mod tests {
             ours("virt-api", "ns/p", "old"),
             ours("virt-api", "ns/other", "theirs"),
         ];
-        let want = vec![ours("virt-controller", "ns/p", "new"), ours("virt-handler", "ns/p", "new")];
+        let want = vec![
+            ours("virt-controller", "ns/p", "new"),
+            ours("virt-handler", "ns/p", "new"),
+        ];
         let merged = merge_patches(&existing, "ns/p", &want);
         assert_eq!(
             merged,
-            vec![want[0].clone(), foreign.clone(), ours("virt-api", "ns/other", "theirs"), want[1].clone()]
+            vec![
+                want[0].clone(),
+                foreign.clone(),
+                ours("virt-api", "ns/other", "theirs"),
+                want[1].clone()
+            ]
         );
         assert_eq!(merge_patches(&merged, "ns/p", &want), merged, "idempotent");
-        assert_eq!(remove_patches(&merged, "ns/p"), vec![foreign, ours("virt-api", "ns/other", "theirs")]);
+        assert_eq!(
+            remove_patches(&merged, "ns/p"),
+            vec![foreign, ours("virt-api", "ns/other", "theirs")]
+        );
     }
 }

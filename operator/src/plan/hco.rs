@@ -39,10 +39,9 @@ pub fn hco_annotation(
     let mut ops = foreign.clone();
     if !ours.is_empty() {
         if foreign.iter().any(creates_patches_array) {
-            ops.extend(
-                ours.iter()
-                    .map(|entry| json!({"op": "add", "path": format!("{PATCHES_PATH}/-"), "value": entry})),
-            );
+            ops.extend(ours.iter().map(
+                |entry| json!({"op": "add", "path": format!("{PATCHES_PATH}/-"), "value": entry}),
+            ));
         } else {
             ops.push(json!({"op": "add", "path": PATCHES_PATH, "value": ours}));
         }
@@ -102,5 +101,7 @@ fn creates_patches_array(op: &Value) -> bool {
     let value = op.get("value");
     (path == PATCHES_PATH && value.is_some_and(Value::is_array))
         || (path == CUSTOMIZE_PATH
-            && value.and_then(|v| v.get("patches")).is_some_and(Value::is_array))
+            && value
+                .and_then(|v| v.get("patches"))
+                .is_some_and(Value::is_array))
 }

@@ -38,7 +38,9 @@ use crate::api::{Component, KubeVirt, MetricsSidecarPolicy, PullPolicy};
 pub enum PlanError {
     #[error("the policy has no namespace")]
     NoNamespace,
-    #[error("{component} is enabled but has no image (set spec.defaults.image or the component's image)")]
+    #[error(
+        "{component} is enabled but has no image (set spec.defaults.image or the component's image)"
+    )]
     MissingImage { component: Component },
     #[error("{component}: port {port} {reason}")]
     InvalidPort {

@@ -198,9 +198,8 @@ fn parse_interval(component: Component, text: &str) -> Result<Duration, PlanErro
         value: text.to_owned(),
         reason,
     };
-    let interval = parse_go_duration(text).ok_or_else(|| {
-        invalid("not a duration such as 30s, 1m or 1m30s".to_owned())
-    })?;
+    let interval = parse_go_duration(text)
+        .ok_or_else(|| invalid("not a duration such as 30s, 1m or 1m30s".to_owned()))?;
     if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
         return Err(invalid("must be between 5s and 10m".to_owned()));
     }
@@ -240,6 +239,7 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -247,7 +247,10 @@ mod tests {
     fn go_durations() {
         assert_eq!(parse_go_duration("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_go_duration("1500ms"),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(parse_go_duration("1h"), Some(Duration::from_secs(3600)));
         for bad in ["", "30", "s", "1.5m", "1m 30s", "-1s", "1d"] {
             assert_eq!(parse_go_duration(bad), None, "{bad}");
@@ -259,7 +262,15 @@ mod tests {
         for ok in ["sidecar-metrics", "m9", "kv-metrics2"] {
             assert!(check_port_name(Component::VirtApi, ok).is_ok(), "{ok}");
         }
-        for bad in ["metrics", "vmstats", "-x", "x-", "UPPER", "1234", "a-very-long-port-name"] {
+        for bad in [
+            "metrics",
+            "vmstats",
+            "-x",
+            "x-",
+            "UPPER",
+            "1234",
+            "a-very-long-port-name",
+        ] {
             assert!(check_port_name(Component::VirtApi, bad).is_err(), "{bad}");
         }
     }
