@@ -378,6 +378,7 @@ impl ProblemLog {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::exposition::MetricType;

@@ -291,6 +291,7 @@ fn suffixed(suffix: &'static str, labels: Labels, value: f64) -> Sample {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::exporters::text;

@@ -353,6 +353,7 @@ fn check_label_name(name: &str) -> LineResult {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -117,6 +117,7 @@ impl<'a> MediaRange<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -165,6 +165,7 @@ fn estimate_len(families: &[Family]) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::exposition::{MetricType, Sample};

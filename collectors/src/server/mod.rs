@@ -374,6 +374,7 @@ fn accepts_gzip(header: Option<&HeaderValue>) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,492 @@
+//! Shared pieces of the server and complement tests: a scripted collector, KubeVirt-shaped
+//! families, certificates, a fake co-located component, and the strict OpenMetrics check.
+#![allow(dead_code)] // Each test binary uses a different part.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use kubevirt_metrics_collectors::collect::{Collection, Collector, Problem};
+use kubevirt_metrics_collectors::config::{CommonArgs, Mode};
+use kubevirt_metrics_collectors::exposition::{Family, MetricType, Sample};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+// ---------------------------------------------------------------- collector
+
+/// A collector that returns fixed families, optionally after waiting for a gate or a delay.
+pub struct ScriptedCollector {
+    pub families: Mutex<Vec<Family>>,
+    pub problems: Mutex<Vec<Problem>>,
+    pub delay: Mutex<Duration>,
+    pub gate: Option<Arc<Notify>>,
+    pub calls: AtomicUsize,
+}
+
+impl ScriptedCollector {
+    pub fn new(families: Vec<Family>) -> Self {
+        Self {
+            families: Mutex::new(families),
+            problems: Mutex::new(Vec::new()),
+            delay: Mutex::new(Duration::ZERO),
+            gate: None,
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn gated(families: Vec<Family>, gate: Arc<Notify>) -> Self {
+        Self {
+            gate: Some(gate),
+            ..Self::new(families)
+        }
+    }
+}
+
+impl Collector for ScriptedCollector {
+    fn collect(&self, _deadline: Instant) -> BoxFuture<'_, Collection> {
+        async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(gate) = &self.gate {
+                gate.notified().await;
+            }
+            let delay = *self.delay.lock().unwrap();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Collection {
+                families: self.families.lock().unwrap().clone(),
+                problems: self.problems.lock().unwrap().clone(),
+                stale_dropped: 0,
+                targets_seen: 2,
+            }
+        }
+        .boxed()
+    }
+}
+
+// ---------------------------------------------------------------- families
+
+fn labels(pairs: &[(&'static str, &str)]) -> Vec<(std::borrow::Cow<'static, str>, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).to_owned()))
+        .collect()
+}
+
+fn vmi(name: &str) -> Vec<(std::borrow::Cow<'static, str>, String)> {
+    labels(&[
+        ("kubernetes_vmi_label_kubevirt_io_nodeName", "node01"),
+        ("name", name),
+        ("namespace", "default"),
+        ("node", "node01"),
+    ])
+}
+
+/// A gauge family named `name` with one sample per VMI.
+pub fn vmi_gauge(name: &'static str, help: &'static str) -> Family {
+    let mut family = Family::new(name, help, MetricType::Gauge);
+    family.samples.push(Sample::new(vmi("fedora-1"), 1048576.0));
+    family.samples.push(Sample::new(vmi("win2k22"), 0.5));
+    family
+}
+
+/// KubeVirt-shaped families covering every encoder path: a `_total` counter, a counter
+/// without `_total`, a gauge with an escaped label value, timestamped migration samples, a
+/// histogram.
+pub fn kubevirt_families() -> Vec<Family> {
+    let mut received = Family::new(
+        "kubevirt_vmi_network_receive_bytes_total",
+        "Total network traffic received in bytes.",
+        MetricType::Counter,
+    );
+    let mut with_interface = vmi("fedora-1");
+    with_interface.insert(0, ("interface".into(), "default".to_owned()));
+    received
+        .samples
+        .push(Sample::new(with_interface, 123456789.0));
+
+    let mut transition = Family::new(
+        "kubevirt_vm_running_status_last_transition_timestamp_seconds",
+        "Virtual Machine last transition timestamp to running status.",
+        MetricType::Counter,
+    );
+    transition.samples.push(Sample::new(
+        labels(&[("name", "fedora-1"), ("namespace", "default")]),
+        1761300000.0,
+    ));
+
+    let mut filesystem = Family::new(
+        "kubevirt_vmi_filesystem_used_bytes",
+        "Used VM filesystem capacity in bytes.",
+        MetricType::Gauge,
+    );
+    filesystem.samples.push(Sample::new(
+        labels(&[
+            ("disk_name", "vda"),
+            ("file_system_type", "NTFS"),
+            ("mount_point", "C:\\"),
+            ("name", "win \"2022\""),
+            ("namespace", "default"),
+        ]),
+        2.5e10,
+    ));
+
+    let mut migration = Family::new(
+        "kubevirt_vmi_migration_data_processed_bytes",
+        "The total Guest OS data processed and migrated to the new VM.",
+        MetricType::Gauge,
+    );
+    for (ts, value) in [(1761300000123_i64, 1.0e9), (1761300005123, 2.0e9)] {
+        migration.samples.push(
+            Sample::new(
+                labels(&[
+                    ("name", "fedora-1"),
+                    ("namespace", "default"),
+                    ("node", "node01"),
+                ]),
+                value,
+            )
+            .with_timestamp(ts),
+        );
+    }
+
+    let mut histogram = Family::new(
+        "kubevirt_vmi_phase_transition_time_from_creation_seconds",
+        "Histogram of VM phase transitions duration from creation time in seconds.",
+        MetricType::Histogram,
+    );
+    let phase = [("phase", "Running")];
+    let mut cumulative = 0.0;
+    for (le, step) in [("0.5", 0.0), ("1", 1.0), ("1e+06", 2.0), ("+Inf", 0.0)] {
+        cumulative += step;
+        let mut l = labels(&phase);
+        l.push(("le".into(), le.to_owned()));
+        let mut sample = Sample::new(l, cumulative);
+        sample.suffix = "_bucket";
+        histogram.samples.push(sample);
+    }
+    let mut sum = Sample::new(labels(&phase), 7.5);
+    sum.suffix = "_sum";
+    let mut count = Sample::new(labels(&phase), cumulative);
+    count.suffix = "_count";
+    histogram.samples.push(sum);
+    histogram.samples.push(count);
+
+    vec![received, transition, filesystem, migration, histogram]
+}
+
+// ---------------------------------------------------------------- runtime and HTTP
+
+pub fn args(mode: Mode) -> CommonArgs {
+    CommonArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        mode,
+        interval: Duration::from_millis(200),
+        collection_timeout: Duration::from_millis(1500),
+        ..CommonArgs::default()
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true; panics after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A client that trusts only `ca_pem`, opens a new connection per request and never
+/// resumes a TLS session (a resumed session skips the certificate, so a test could not see
+/// which one the server presents).
+pub fn https_client(ca_pem: &str) -> reqwest::Client {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+pub async fn get_text(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// The value of the first sample line starting with `prefix` (e.g. `name{labels}`), if any.
+pub fn sample_value(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|line| line.starts_with(prefix) && line[prefix.len()..].starts_with(' '))
+        .and_then(|line| line[prefix.len()..].trim().split(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Family names on `# TYPE` lines.
+pub fn type_names(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+// ---------------------------------------------------------------- certificates
+
+/// A CA and the leaf certificates it signs (SAN 127.0.0.1 and localhost).
+pub struct TestCa {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    pub fn leaf(&self) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// Writes `contents` to `path` the way a Secret volume updates: a new file renamed over it.
+pub fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn rustls_server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    Arc::new(config)
+}
+
+// ---------------------------------------------------------------- fake component
+
+/// What the fake component answers.
+#[derive(Clone)]
+pub struct ComponentReply {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+/// An HTTPS server on 127.0.0.1 that answers `/metrics` like a KubeVirt component.
+pub struct FakeComponent {
+    pub addr: SocketAddr,
+    pub reply: Arc<Mutex<ComponentReply>>,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeComponent {
+    pub async fn start(leaf: &Leaf, body: String) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), leaf, body).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, leaf: &Leaf, body: String) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(rustls_server_config(leaf));
+        let reply = Arc::new(Mutex::new(ComponentReply {
+            status: 200,
+            body,
+            delay: Duration::ZERO,
+        }));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (reply2, requests2) = (reply.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            // Connections live in this set, so stopping the server ends them too.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                while connections.try_join_next().is_some() {}
+                let (acceptor, reply, requests) =
+                    (acceptor.clone(), reply2.clone(), requests2.clone());
+                connections.spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service =
+                        hyper::service::service_fn(move |_req: hyper::Request<Incoming>| {
+                            let reply = reply.lock().unwrap().clone();
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            async move {
+                                tokio::time::sleep(reply.delay).await;
+                                let response = hyper::Response::builder()
+                                    .status(reply.status)
+                                    .header(
+                                        "content-type",
+                                        "text/plain; version=0.0.4; charset=utf-8",
+                                    )
+                                    .body(Full::new(Bytes::from(reply.body)))
+                                    .unwrap();
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            reply,
+            requests,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}/metrics", self.addr)
+    }
+
+    pub fn set(&self, change: impl FnOnce(&mut ComponentReply)) {
+        change(&mut self.reply.lock().unwrap());
+    }
+
+    /// Stops listening (new connections are refused; open ones are dropped).
+    pub async fn stop(self) -> SocketAddr {
+        self.task.abort();
+        let _ = self.task.await;
+        self.addr
+    }
+}
+
+pub fn component_fixture() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/component/virt-handler-metrics.prom");
+    std::fs::read_to_string(path).unwrap()
+}
+
+// ---------------------------------------------------------------- strict OpenMetrics parser
+
+/// Parses `body` with Python `prometheus_client.openmetrics.parser` (strict) and returns
+/// every sample name it read, or `None` (after saying so loudly) when the parser is not
+/// installed (`scripts/install-tools.sh` installs it).
+pub fn strict_openmetrics_sample_names(body: &str) -> Option<Result<Vec<String>, String>> {
+    const SCRIPT: &str = r#"
+import sys, json
+try:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+except ImportError:
+    sys.exit(3)
+try:
+    names = [s.name for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]
+except Exception as e:
+    print("%s: %s" % (type(e).__name__, e))
+    sys.exit(1)
+print(json.dumps(names))
+"#;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("SKIPPED strict OpenMetrics check: python3 not found");
+        return None;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    match output.status.code() {
+        Some(0) => Some(Ok(serde_json::from_str(&stdout).unwrap())),
+        Some(3) => {
+            eprintln!(
+                "SKIPPED strict OpenMetrics check: Python prometheus_client is not installed \
+                 (run scripts/install-tools.sh)"
+            );
+            None
+        }
+        _ => Some(Err(format!(
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ))),
+    }
+}
