@@ -227,11 +227,13 @@ fn image_must_not_be_empty_or_contain_spaces() {
 }
 
 #[test]
-fn env_must_not_override_node_name() {
-    assert_rejected(
-        with_defaults(json!({"env": [{"name": "NODE_NAME", "value": "x"}]})),
-        "must not set NODE_NAME",
-    );
+fn env_must_not_override_downward_api_variables() {
+    for name in ["NODE_NAME", "POD_NAME", "POD_NAMESPACE"] {
+        assert_rejected(
+            with_defaults(json!({"env": [{"name": name, "value": "x"}]})),
+            "must not set NODE_NAME, POD_NAME or POD_NAMESPACE",
+        );
+    }
     assert_admitted(with_defaults(
         json!({"env": [{"name": "RUST_LOG", "value": "debug"}]}),
     ));

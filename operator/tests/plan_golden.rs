@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Parser;
-use kubevirt_metrics_collectors::config::{CommonArgs, HandlerArgs};
+use kubevirt_metrics_collectors::config::{ApiArgs, ControllerArgs, HandlerArgs, OperatorArgs};
 use kubevirt_metrics_operator::api::{Component, KubeVirt};
 use kubevirt_metrics_operator::plan::{
     self, PlanDefaults, entry_owner, kubevirt_change, kubevirt_cleanup,
@@ -445,12 +445,6 @@ fn virt_operator_apply_body_names_the_real_deployment_and_its_volumes() {
 
 // ---- arguments the collectors parse ----
 
-#[derive(Debug, Parser)]
-struct ControlPlaneCli {
-    #[command(flatten)]
-    common: CommonArgs,
-}
-
 #[test]
 fn sidecar_arguments_parse_with_the_collector_flags() {
     for case in ["minimal", "overrides", "foreign-patches"] {
@@ -466,12 +460,30 @@ fn sidecar_arguments_parse_with_the_collector_flags() {
             let argv = std::iter::once(binary.clone()).chain(args.iter().cloned());
             let reparsed = match sidecar.component {
                 Component::VirtHandler => HandlerArgs::try_parse_from(argv).map(|a| a.to_args()),
-                _ => ControlPlaneCli::try_parse_from(argv).map(|a| a.common.to_args()),
+                Component::VirtController => {
+                    ControllerArgs::try_parse_from(argv).map(|a| a.to_args())
+                }
+                Component::VirtApi => ApiArgs::try_parse_from(argv).map(|a| a.to_args()),
+                Component::VirtOperator => OperatorArgs::try_parse_from(argv).map(|a| a.to_args()),
             }
             .unwrap_or_else(|e| panic!("{case}/{binary}: {args:?}: {e}"));
+            if let Some(var) = flag_env_in_test_process() {
+                eprintln!(
+                    "SKIPPED round-trip equality for {case}/{binary}: {var} is set in the test environment and feeds the collector's flags"
+                );
+                continue;
+            }
             assert_eq!(reparsed, args, "{case}/{binary}: flags round-trip");
         }
     }
+}
+
+/// An environment variable of this process that the collectors' flags read (clap `env`).
+fn flag_env_in_test_process() -> Option<String> {
+    std::env::vars().map(|(k, _)| k).find(|k| {
+        k.starts_with("COLLECTOR_")
+            || ["NODE_NAME", "POD_NAME", "POD_NAMESPACE", "METRICS_PORT"].contains(&k.as_str())
+    })
 }
 
 // ---- HyperConverged ----

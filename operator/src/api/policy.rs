@@ -280,7 +280,7 @@ pub struct SidecarSettings {
     /// Extra environment variables of the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(e, e.name != 'NODE_NAME')").message("env must not set NODE_NAME: the operator sets it from the downward API"))]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['NODE_NAME', 'POD_NAME', 'POD_NAMESPACE']))").message("env must not set NODE_NAME, POD_NAME or POD_NAMESPACE: the operator sets them from the downward API"))]
     pub env: Option<Vec<EnvVar>>,
 
     /// Replaces the sidecar's security context. The default is the least the source needs

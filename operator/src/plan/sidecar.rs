@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kubevirt_metrics_collectors::config::{
-    CommonArgs, DEFAULT_PORT, HandlerArgs, Mode, Source as CollectorSource,
+    ApiArgs, CommonArgs, ControllerArgs, DEFAULT_NAMESPACE, DEFAULT_PORT, HandlerArgs, Mode,
+    OperatorArgs, Source as CollectorSource, VIRT_CONTROLLER_LEASE, VIRT_OPERATOR_LEASE,
 };
 use serde_json::{Value, json};
 
@@ -116,9 +117,30 @@ pub fn collector_args(sidecar: &ResolvedSidecar) -> Vec<String> {
             vmi_timeout: Duration::from_secs(5),
         }
         .to_args(),
-        // The control-plane collectors' own flag types are not defined yet
-        // (collectors/src/config/control_plane.rs); they share `CommonArgs`.
-        _ => common.to_args(),
+        // Namespace and pod name come from the environment (downward API), like NODE_NAME:
+        // the flags keep their defaults so the patch is the same for every pod.
+        Component::VirtController => ControllerArgs {
+            common,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            pod_name: String::new(),
+            leader_lease: VIRT_CONTROLLER_LEASE.to_owned(),
+            ignore_leadership: false,
+            backports: Vec::new(),
+        }
+        .to_args(),
+        Component::VirtApi => ApiArgs {
+            common,
+            backports: Vec::new(),
+        }
+        .to_args(),
+        Component::VirtOperator => OperatorArgs {
+            common,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            pod_name: String::new(),
+            leader_lease: VIRT_OPERATOR_LEASE.to_owned(),
+            backports: Vec::new(),
+        }
+        .to_args(),
     }
 }
 
@@ -151,12 +173,17 @@ fn common_args(sidecar: &ResolvedSidecar) -> CommonArgs {
 }
 
 fn env(sidecar: &ResolvedSidecar) -> Result<Vec<Value>, PlanError> {
+    let from_field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let mut env = Vec::new();
-    if sidecar.component == Component::VirtHandler {
-        env.push(json!({
-            "name": "NODE_NAME",
-            "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
-        }));
+    match sidecar.component {
+        Component::VirtHandler => env.push(from_field("NODE_NAME", "spec.nodeName")),
+        // Where KubeVirt lives (its Leases, CR, ConfigMaps) and which pod this is (compared
+        // with the Lease holder to export leader-only metrics once).
+        Component::VirtController | Component::VirtOperator => {
+            env.push(from_field("POD_NAMESPACE", "metadata.namespace"));
+            env.push(from_field("POD_NAME", "metadata.name"));
+        }
+        Component::VirtApi => {}
     }
     for var in &sidecar.env {
         env.push(to_json(var)?);
