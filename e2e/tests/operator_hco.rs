@@ -3,6 +3,12 @@
 //! annotation (keeping foreign operations) and never touches the KubeVirt CR. Skips loudly
 //! when no server is available.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cloned_ref_to_slice_refs
+)]
+
 mod support;
 
 use std::time::Duration;

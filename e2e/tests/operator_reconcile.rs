@@ -3,6 +3,12 @@
 //! CEL rules, real merge-patch / server-side-apply semantics, the status subresource and
 //! resourceVersion conflicts. Skips loudly when no server is available.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cloned_ref_to_slice_refs
+)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,12 @@
 //! Reconcile against a scripted API server: the exact requests of injection, no-op,
 //! conflict retry, foreign entries and policy updates.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cloned_ref_to_slice_refs
+)]
+
 mod reconcile_support;
 
 use kube::runtime::controller::Action;
@@ -21,14 +27,20 @@ fn kv_patch_path() -> String {
 /// whole `patches` list.
 fn assert_kv_write(r: &Received, rv: &str, patches: &[Value]) {
     assert_eq!(r.query, "&fieldManager=kubevirt-metrics-operator");
-    assert_eq!(r.content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        r.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
     let expected = json!({
         "spec": {"customizeComponents": {"patches": patches}},
         "metadata": {"resourceVersion": rv},
     });
     assert_eq!(r.body.as_ref().unwrap(), &expected);
     // Byte-level: each foreign entry's patch string is unchanged.
-    assert_eq!(r.body.as_ref().unwrap()["spec"]["customizeComponents"]["patches"], Value::Array(patches.to_vec()));
+    assert_eq!(
+        r.body.as_ref().unwrap()["spec"]["customizeComponents"]["patches"],
+        Value::Array(patches.to_vec())
+    );
 }
 
 #[tokio::test]
@@ -39,7 +51,10 @@ async fn a_new_policy_gets_the_finalizer_first_and_nothing_else() {
     let task = spawn_reconcile(&p, &ctx);
 
     let r = server.expect("PATCH", &format!("{MSP_PATH}/metrics")).await;
-    assert_eq!(r.content_type.as_deref(), Some("application/json-patch+json"));
+    assert_eq!(
+        r.content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
     assert_eq!(
         r.body.clone().unwrap(),
         json!([
@@ -62,7 +77,9 @@ async fn first_injection_writes_our_entries_with_the_resource_version() {
     let task = spawn_reconcile(&p, &ctx);
 
     server.lists(&[kubevirt("5", None)], &[p.clone()]).await;
-    server.workloads(&[virt_handler(false)], &deployments(false)).await;
+    server
+        .workloads(&[virt_handler(false)], &deployments(false))
+        .await;
     let r = server.expect("PATCH", &kv_patch_path()).await;
     assert_kv_write(&r, "5", &ours);
     r.ok(&kubevirt("6", Some(ours.clone())));
@@ -70,7 +87,10 @@ async fn first_injection_writes_our_entries_with_the_resource_version() {
     let status = server.status_apply("metrics").await;
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["injectionMethod"], "CustomizeComponents");
-    assert_eq!(status["kubevirt"], json!({"namespace": "kubevirt", "name": "kubevirt"}));
+    assert_eq!(
+        status["kubevirt"],
+        json!({"namespace": "kubevirt", "name": "kubevirt"})
+    );
     assert_eq!(status["injectedComponents"], "virt-handler,virt-controller");
     assert_eq!(condition(&status, "Ready")["status"], "False");
     assert_eq!(condition(&status, "Ready")["reason"], "RolloutInProgress");
@@ -80,14 +100,23 @@ async fn first_injection_writes_our_entries_with_the_resource_version() {
     assert_eq!(handler["component"], "virt-handler");
     assert_eq!(handler["injected"], true);
     assert_eq!(handler["image"], IMAGE);
-    assert_eq!(handler["rollout"], json!({"desired": 3, "updated": 3, "ready": 3}));
-    assert_eq!(handler["message"], "waiting for virt-operator to add the sidecar to the DaemonSet");
+    assert_eq!(
+        handler["rollout"],
+        json!({"desired": 3, "updated": 3, "ready": 3})
+    );
+    assert_eq!(
+        handler["message"],
+        "waiting for virt-operator to add the sidecar to the DaemonSet"
+    );
 
     let (type_, reason, note) = server.event().await;
     assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "Injected"));
     assert!(note.contains("virt-handler, virt-controller"), "{note}");
 
-    assert_eq!(task.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(30)));
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(30))
+    );
     assert_eq!(ctx.metrics.writes(WriteTarget::KubeVirt), 1);
     assert_eq!(ctx.metrics.writes(WriteTarget::Status), 1);
     drop(ctx);
@@ -110,13 +139,19 @@ async fn an_unchanged_world_causes_zero_writes() {
     assert_eq!(condition(&status, "Ready")["status"], "True");
     assert_eq!(condition(&status, "Ready")["reason"], "Injected");
     assert_eq!(condition(&status, "Progressing")["status"], "False");
-    assert_eq!(task.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(300)));
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
 
     // Second pass with that status: reads only.
     p["status"] = status;
     let task = spawn_reconcile(&p, &ctx);
     server.reads(&[kv], &[p.clone()]).await;
-    assert_eq!(task.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(300)));
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
     assert_eq!(ctx.metrics.writes(WriteTarget::KubeVirt), 0);
     assert_eq!(ctx.metrics.writes(WriteTarget::Status), 1);
     drop(ctx);
@@ -129,11 +164,18 @@ async fn a_409_conflict_rereads_and_keeps_the_concurrent_entry() {
     let p = policy("metrics", CREATED);
     let ours = our_entries(&p);
     let first = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
-    let concurrent = foreign("virt-controller", r#"{"metadata":{"labels":{"team":"infra"}}}"#);
+    let concurrent = foreign(
+        "virt-controller",
+        r#"{"metadata":{"labels":{"team":"infra"}}}"#,
+    );
     let task = spawn_reconcile(&p, &ctx);
 
-    server.lists(&[kubevirt("5", Some(vec![first.clone()]))], &[p.clone()]).await;
-    server.workloads(&[virt_handler(false)], &deployments(false)).await;
+    server
+        .lists(&[kubevirt("5", Some(vec![first.clone()]))], &[p.clone()])
+        .await;
+    server
+        .workloads(&[virt_handler(false)], &deployments(false))
+        .await;
     let r = server.expect("PATCH", &kv_patch_path()).await;
     let mut want = vec![first.clone()];
     want.extend(ours.clone());
@@ -142,7 +184,10 @@ async fn a_409_conflict_rereads_and_keeps_the_concurrent_entry() {
 
     // Fresh read: someone appended an entry meanwhile.
     let r = server.expect("GET", &kv_patch_path()).await;
-    r.ok(&kubevirt("8", Some(vec![first.clone(), concurrent.clone()])));
+    r.ok(&kubevirt(
+        "8",
+        Some(vec![first.clone(), concurrent.clone()]),
+    ));
     let r = server.expect("PATCH", &kv_patch_path()).await;
     let mut want = vec![first, concurrent];
     want.extend(ours.clone());
@@ -179,13 +224,19 @@ async fn foreign_entries_stay_byte_for_byte_and_in_place() {
     let task = spawn_reconcile(&p, &ctx);
 
     server.lists(&[kv], &[p.clone()]).await;
-    server.workloads(&[virt_handler(false)], &deployments(false)).await;
+    server
+        .workloads(&[virt_handler(false)], &deployments(false))
+        .await;
     let r = server.expect("PATCH", &kv_patch_path()).await;
     let mut want = vec![a, b, other_policy];
     want.extend(ours);
     assert_kv_write(&r, "5", &want);
     // The flags are not part of the write at all.
-    assert!(r.body.as_ref().unwrap()["spec"]["customizeComponents"].get("flags").is_none());
+    assert!(
+        r.body.as_ref().unwrap()["spec"]["customizeComponents"]
+            .get("flags")
+            .is_none()
+    );
     r.ok(&kubevirt("6", Some(want)));
     server.status_apply("metrics").await;
     server.event().await;
@@ -202,7 +253,12 @@ async fn a_policy_update_replaces_our_entries_in_place_and_drops_disabled_ones()
     let a = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
     let z = foreign("virt-controller", r#"{"spec":{"minReadySeconds":5}}"#);
     // [ours(handler), a, ours(controller), z]
-    let before = vec![old_entries[0].clone(), a.clone(), old_entries[1].clone(), z.clone()];
+    let before = vec![
+        old_entries[0].clone(),
+        a.clone(),
+        old_entries[1].clone(),
+        z.clone(),
+    ];
 
     let mut new = old.clone();
     new["metadata"]["generation"] = json!(2);
@@ -213,8 +269,12 @@ async fn a_policy_update_replaces_our_entries_in_place_and_drops_disabled_ones()
     assert_ne!(new_entries[0], old_entries[0]);
 
     let task = spawn_reconcile(&new, &ctx);
-    server.lists(&[kubevirt("11", Some(before))], &[new.clone()]).await;
-    server.workloads(&[virt_handler(true)], &deployments(true)).await;
+    server
+        .lists(&[kubevirt("11", Some(before))], &[new.clone()])
+        .await;
+    server
+        .workloads(&[virt_handler(true)], &deployments(true))
+        .await;
     let r = server.expect("PATCH", &kv_patch_path()).await;
     let want = vec![new_entries[0].clone(), a, z];
     assert_kv_write(&r, "11", &want);
@@ -237,16 +297,34 @@ async fn virt_operator_is_patched_by_server_side_apply() {
     let task = spawn_reconcile(&p, &ctx);
 
     server.lists(&[kubevirt("5", None)], &[p.clone()]).await;
-    server.workloads(&[virt_handler(false)], &deployments(false)).await;
+    server
+        .workloads(&[virt_handler(false)], &deployments(false))
+        .await;
     // No customizeComponents entries wanted and none there: no KubeVirt write.
-    let r = server.expect("PATCH", &format!("{DEPLOY_PATH}/virt-operator")).await;
-    assert_eq!(r.query, "&force=true&fieldManager=kubevirt-metrics-operator");
-    assert_eq!(r.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    let r = server
+        .expect("PATCH", &format!("{DEPLOY_PATH}/virt-operator"))
+        .await;
+    assert_eq!(
+        r.query,
+        "&force=true&fieldManager=kubevirt-metrics-operator"
+    );
+    assert_eq!(
+        r.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
     let body = r.body.clone().unwrap();
     assert_eq!(body["kind"], "Deployment");
-    assert_eq!(body["metadata"], json!({"name": "virt-operator", "namespace": "kubevirt"}));
-    assert_eq!(body["spec"]["template"]["metadata"]["annotations"]["metrics.kubevirt.io/sidecar-policy"], OWNER);
-    let containers = body["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    assert_eq!(
+        body["metadata"],
+        json!({"name": "virt-operator", "namespace": "kubevirt"})
+    );
+    assert_eq!(
+        body["spec"]["template"]["metadata"]["annotations"]["metrics.kubevirt.io/sidecar-policy"],
+        OWNER
+    );
+    let containers = body["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
     assert_eq!(containers.len(), 1);
     assert_eq!(containers[0]["name"], "metrics-sidecar");
     r.ok(&virt_operator_with_marker(OWNER));

@@ -1,6 +1,12 @@
 //! Reconcile against a scripted API server: deletion cleanup, the HyperConverged path,
 //! paused policies, a second policy on the same KubeVirt CR, waiting for KubeVirt.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cloned_ref_to_slice_refs
+)]
+
 mod reconcile_support;
 
 use kube::runtime::controller::Action;
@@ -34,7 +40,9 @@ async fn deletion_removes_exactly_our_entries_then_the_finalizer() {
     let before = vec![ours[0].clone(), a.clone(), ours[1].clone(), other.clone()];
     let task = spawn_reconcile(&p, &ctx);
 
-    server.lists(&[kubevirt("20", Some(before))], &[p.clone()]).await;
+    server
+        .lists(&[kubevirt("20", Some(before))], &[p.clone()])
+        .await;
     let r = server.expect("PATCH", &format!("{KV_PATH}/kubevirt")).await;
     assert_eq!(
         r.body.clone().unwrap(),
@@ -45,8 +53,13 @@ async fn deletion_removes_exactly_our_entries_then_the_finalizer() {
     let mut operator = deployments(true);
     operator[2] = virt_operator_with_marker(OWNER);
     server.workloads(&[virt_handler(true)], &operator).await;
-    let r = server.expect("PATCH", &format!("{DEPLOY_PATH}/virt-operator")).await;
-    assert_eq!(r.query, "&force=true&fieldManager=kubevirt-metrics-operator");
+    let r = server
+        .expect("PATCH", &format!("{DEPLOY_PATH}/virt-operator"))
+        .await;
+    assert_eq!(
+        r.query,
+        "&force=true&fieldManager=kubevirt-metrics-operator"
+    );
     assert_eq!(
         r.body.clone().unwrap(),
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "virt-operator", "namespace": "kubevirt"}})
@@ -78,8 +91,12 @@ async fn deletion_with_nothing_of_ours_left_only_drops_the_finalizer() {
     let p = deleting(policy("metrics", CREATED));
     let a = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
     let task = spawn_reconcile(&p, &ctx);
-    server.lists(&[kubevirt("20", Some(vec![a]))], &[p.clone()]).await;
-    server.workloads(&[virt_handler(false)], &deployments(false)).await;
+    server
+        .lists(&[kubevirt("20", Some(vec![a]))], &[p.clone()])
+        .await;
+    server
+        .workloads(&[virt_handler(false)], &deployments(false))
+        .await;
     let r = server.expect("PATCH", &format!("{MSP_PATH}/metrics")).await;
     r.ok(&p);
     task.await.unwrap().unwrap();
@@ -117,26 +134,50 @@ async fn a_hyperconverged_owner_gets_the_annotation_and_the_kubevirt_cr_is_untou
     let foreign_op = r#"[{"op":"add","path":"/spec/configuration/cpuRequest","value":"100m"}]"#;
     let task = spawn_reconcile(&p, &ctx);
 
-    server.lists(&[hco_owned_kubevirt("30")], &[p.clone()]).await;
-    let r = server.expect("GET", &format!("{HCO_PATH}/kubevirt-hyperconverged")).await;
+    server
+        .lists(&[hco_owned_kubevirt("30")], &[p.clone()])
+        .await;
+    let r = server
+        .expect("GET", &format!("{HCO_PATH}/kubevirt-hyperconverged"))
+        .await;
     r.ok(&hyperconverged("40", Some(foreign_op)));
-    server.workloads(&[virt_handler(false)], &deployments(false)).await;
+    server
+        .workloads(&[virt_handler(false)], &deployments(false))
+        .await;
 
-    let r = server.expect("PATCH", &format!("{HCO_PATH}/kubevirt-hyperconverged")).await;
+    let r = server
+        .expect("PATCH", &format!("{HCO_PATH}/kubevirt-hyperconverged"))
+        .await;
     assert_eq!(r.query, "&fieldManager=kubevirt-metrics-operator");
-    assert_eq!(r.content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        r.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
     let body = r.body.clone().unwrap();
     assert_eq!(body["metadata"]["resourceVersion"], "40");
-    let written: Vec<Value> =
-        serde_json::from_str(body["metadata"]["annotations"]["kubevirt.kubevirt.io/jsonpatch"].as_str().unwrap()).unwrap();
+    let written: Vec<Value> = serde_json::from_str(
+        body["metadata"]["annotations"]["kubevirt.kubevirt.io/jsonpatch"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     let mut want: Vec<Value> = serde_json::from_str(foreign_op).unwrap();
     want.push(json!({"op": "add", "path": "/spec/customizeComponents/patches", "value": ours}));
-    assert_eq!(written, want, "the foreign operation first and unchanged, ours after it");
-    r.ok(&hyperconverged("41", Some(&serde_json::to_string(&want).unwrap())));
+    assert_eq!(
+        written, want,
+        "the foreign operation first and unchanged, ours after it"
+    );
+    r.ok(&hyperconverged(
+        "41",
+        Some(&serde_json::to_string(&want).unwrap()),
+    ));
 
     let status = server.status_apply("metrics").await;
     assert_eq!(status["injectionMethod"], "HyperConvergedJsonPatch");
-    assert_eq!(status["kubevirt"]["name"], "kubevirt-kubevirt-hyperconverged");
+    assert_eq!(
+        status["kubevirt"]["name"],
+        "kubevirt-kubevirt-hyperconverged"
+    );
     let (_, reason, note) = server.event().await;
     assert_eq!(reason, "Injected");
     assert!(note.contains("HyperConvergedJsonPatch"), "{note}");
@@ -152,20 +193,38 @@ async fn deleting_under_hco_removes_our_operations_only() {
     let (ctx, mut server) = setup();
     let p = deleting(policy("metrics", CREATED));
     let ours = our_entries(&p);
-    let foreign_op = json!({"op": "add", "path": "/spec/configuration/cpuRequest", "value": "100m"});
+    let foreign_op =
+        json!({"op": "add", "path": "/spec/configuration/cpuRequest", "value": "100m"});
     let current = serde_json::to_string(&json!([foreign_op.clone(), {"op": "add", "path": "/spec/customizeComponents/patches", "value": ours}])).unwrap();
     let task = spawn_reconcile(&p, &ctx);
-    server.lists(&[hco_owned_kubevirt("30")], &[p.clone()]).await;
-    server.expect("GET", &format!("{HCO_PATH}/kubevirt-hyperconverged")).await.ok(&hyperconverged("40", Some(&current)));
-    let r = server.expect("PATCH", &format!("{HCO_PATH}/kubevirt-hyperconverged")).await;
+    server
+        .lists(&[hco_owned_kubevirt("30")], &[p.clone()])
+        .await;
+    server
+        .expect("GET", &format!("{HCO_PATH}/kubevirt-hyperconverged"))
+        .await
+        .ok(&hyperconverged("40", Some(&current)));
+    let r = server
+        .expect("PATCH", &format!("{HCO_PATH}/kubevirt-hyperconverged"))
+        .await;
     let body = r.body.clone().unwrap();
     assert_eq!(body["metadata"]["resourceVersion"], "40");
-    let left: Value = serde_json::from_str(body["metadata"]["annotations"]["kubevirt.kubevirt.io/jsonpatch"].as_str().unwrap()).unwrap();
+    let left: Value = serde_json::from_str(
+        body["metadata"]["annotations"]["kubevirt.kubevirt.io/jsonpatch"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(left, json!([foreign_op]));
     r.ok(&hyperconverged("41", None));
-    server.workloads(&[virt_handler(true)], &deployments(true)).await;
+    server
+        .workloads(&[virt_handler(true)], &deployments(true))
+        .await;
     server.event().await;
-    server.expect("PATCH", &format!("{MSP_PATH}/metrics")).await.ok(&p);
+    server
+        .expect("PATCH", &format!("{MSP_PATH}/metrics"))
+        .await
+        .ok(&p);
     task.await.unwrap().unwrap();
     drop(ctx);
     server.done().await;
@@ -187,7 +246,10 @@ async fn a_paused_policy_writes_only_its_status() {
     let (_, reason, _) = server.event().await;
     assert_eq!(reason, "Paused");
     task.await.unwrap().unwrap();
-    assert_eq!(ctx.metrics.writes(WriteTarget::KubeVirt) + ctx.metrics.writes(WriteTarget::Deployment), 0);
+    assert_eq!(
+        ctx.metrics.writes(WriteTarget::KubeVirt) + ctx.metrics.writes(WriteTarget::Deployment),
+        0
+    );
     drop(ctx);
     server.done().await;
 }
@@ -202,7 +264,9 @@ async fn a_paused_policy_gets_no_finalizer_and_keeps_stale_entries() {
     p["spec"]["paused"] = json!(true);
     p["spec"]["components"] = json!({});
     let task = spawn_reconcile(&p, &ctx);
-    server.reads(&[kubevirt("5", Some(stale))], &[p.clone()]).await;
+    server
+        .reads(&[kubevirt("5", Some(stale))], &[p.clone()])
+        .await;
     let status = server.status_apply("metrics").await;
     assert_eq!(condition(&status, "Ready")["reason"], "Paused");
     server.event().await;
@@ -218,9 +282,15 @@ async fn deleting_a_paused_policy_leaves_everything_and_warns() {
     p["spec"]["paused"] = json!(true);
     let task = spawn_reconcile(&p, &ctx);
     let (type_, reason, note) = server.event().await;
-    assert_eq!((type_.as_str(), reason.as_str()), ("Warning", "CleanupSkipped"));
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Warning", "CleanupSkipped")
+    );
     assert!(note.contains("paused"), "{note}");
-    server.expect("PATCH", &format!("{MSP_PATH}/metrics")).await.ok(&p);
+    server
+        .expect("PATCH", &format!("{MSP_PATH}/metrics"))
+        .await
+        .ok(&p);
     task.await.unwrap().unwrap();
     drop(ctx);
     server.done().await;
@@ -232,22 +302,37 @@ async fn the_younger_of_two_policies_changes_nothing_and_says_why() {
     let older = policy("metrics", CREATED);
     let younger = policy("second", "2026-01-05T00:00:00Z");
     let task = spawn_reconcile(&younger, &ctx);
-    server.lists(&[kubevirt("5", None)], &[younger.clone(), older.clone()]).await;
+    server
+        .lists(&[kubevirt("5", None)], &[younger.clone(), older.clone()])
+        .await;
     let status = server.status_apply("second").await;
     let ready = condition(&status, "Ready");
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "ConflictingPolicy");
-    assert!(ready["message"].as_str().unwrap().contains("kubevirt/metrics is older"));
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("kubevirt/metrics is older")
+    );
     assert_eq!(condition(&status, "Degraded")["status"], "True");
     let (type_, reason, _) = server.event().await;
-    assert_eq!((type_.as_str(), reason.as_str()), ("Warning", "ConflictingPolicy"));
-    assert_eq!(task.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(60)));
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Warning", "ConflictingPolicy")
+    );
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(60))
+    );
 
     // The same situation again: same status, no event, no write.
     let mut again = younger.clone();
     again["status"] = status;
     let task = spawn_reconcile(&again, &ctx);
-    server.lists(&[kubevirt("5", None)], &[again.clone(), older]).await;
+    server
+        .lists(&[kubevirt("5", None)], &[again.clone(), older])
+        .await;
     task.await.unwrap().unwrap();
     drop(ctx);
     server.done().await;
@@ -264,10 +349,18 @@ async fn a_kubevirt_cr_that_is_not_deployed_is_waited_for() {
     let status = server.status_apply("metrics").await;
     assert_eq!(condition(&status, "Ready")["reason"], "KubeVirtNotDeployed");
     assert_eq!(condition(&status, "Progressing")["status"], "True");
-    assert!(condition(&status, "Ready")["message"].as_str().unwrap().contains("waiting for phase Deployed"));
+    assert!(
+        condition(&status, "Ready")["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for phase Deployed")
+    );
     let (_, reason, _) = server.event().await;
     assert_eq!(reason, "WaitingForKubeVirt");
-    assert_eq!(task.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(30)));
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(30))
+    );
     drop(ctx);
     server.done().await;
 }

@@ -167,7 +167,7 @@ pub async fn self_check(dir: &Path) -> anyhow::Result<Client> {
     )
     .await?;
     anyhow::ensure!(
-        config.cluster_url.to_string() == "https://127.0.0.1:6443/",
+        config.cluster_url == "https://127.0.0.1:6443/",
         "cluster url {}",
         config.cluster_url
     );

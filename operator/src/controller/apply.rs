@@ -282,6 +282,7 @@ async fn ssa_deployment(ctx: &Context, live: &Deployment, body: &Value) -> Resul
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::json_subset;
     use serde_json::json;

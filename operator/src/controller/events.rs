@@ -82,6 +82,7 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn long_notes_are_cut_on_a_char_boundary() {

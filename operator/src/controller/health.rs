@@ -104,6 +104,7 @@ async fn metrics(State(state): State<Arc<HealthState>>) -> Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

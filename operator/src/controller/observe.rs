@@ -110,6 +110,7 @@ pub async fn workloads(ctx: &Context, namespace: &str) -> Result<Workloads, kube
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn selectors_name_the_component_workloads() {

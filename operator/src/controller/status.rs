@@ -348,6 +348,7 @@ pub async fn write(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::api::MetricsSidecarPolicySpec;

@@ -162,6 +162,7 @@ pub fn injection_method(kv: &KubeVirt) -> InjectionMethod {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::api::kubevirt::KubeVirtStatus;

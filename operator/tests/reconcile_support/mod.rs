@@ -25,7 +25,8 @@ pub const IMAGE: &str = "quay.io/kubevirt/metrics-sidecars:v0.1.0";
 pub const OWNER: &str = "kubevirt/metrics";
 
 pub const KV_PATH: &str = "/apis/kubevirt.io/v1/namespaces/kubevirt/kubevirts";
-pub const MSP_PATH: &str = "/apis/metrics.kubevirt.io/v1alpha1/namespaces/kubevirt/metricssidecarpolicies";
+pub const MSP_PATH: &str =
+    "/apis/metrics.kubevirt.io/v1alpha1/namespaces/kubevirt/metricssidecarpolicies";
 pub const DS_PATH: &str = "/apis/apps/v1/namespaces/kubevirt/daemonsets";
 pub const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/kubevirt/deployments";
 pub const HCO_PATH: &str = "/apis/hco.kubevirt.io/v1beta1/namespaces/kubevirt/hyperconvergeds";
@@ -48,7 +49,10 @@ pub struct Received {
 impl Received {
     pub fn reply(self, code: u16, body: &Value) {
         let bytes = serde_json::to_vec(body).unwrap();
-        let response = Response::builder().status(code).body(Body::from(bytes)).unwrap();
+        let response = Response::builder()
+            .status(code)
+            .body(Body::from(bytes))
+            .unwrap();
         self.send.send_response(response);
     }
 
@@ -91,8 +95,19 @@ pub fn setup() -> (Arc<Context>, Server) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, NS);
     let metrics = Arc::new(Metrics::new().unwrap());
-    let ctx = Context::new(client, metrics, Settings::default(), Some("test-replica".into()));
-    (ctx, Server { handle, log: Vec::new() })
+    let ctx = Context::new(
+        client,
+        metrics,
+        Settings::default(),
+        Some("test-replica".into()),
+    );
+    (
+        ctx,
+        Server {
+            handle,
+            log: Vec::new(),
+        },
+    )
 }
 
 impl Server {
@@ -100,8 +115,18 @@ impl Server {
     pub async fn expect(&mut self, method: &str, path: &str) -> Received {
         let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
             .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}; so far: {:#?}", self.log));
-        let (request, send) = next.unwrap_or_else(|| panic!("client gone while expecting {method} {path}; so far: {:#?}", self.log));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out waiting for {method} {path}; so far: {:#?}",
+                    self.log
+                )
+            });
+        let (request, send) = next.unwrap_or_else(|| {
+            panic!(
+                "client gone while expecting {method} {path}; so far: {:#?}",
+                self.log
+            )
+        });
         let method_got = request.method().to_string();
         let path_got = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
@@ -111,7 +136,11 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() { None } else { Some(serde_json::from_slice(&bytes).unwrap()) };
+        let body = if bytes.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_slice(&bytes).unwrap())
+        };
         self.log.push(format!("{method_got} {path_got}?{query}"));
         assert_eq!(
             (method_got.as_str(), path_got.as_str()),
@@ -119,13 +148,21 @@ impl Server {
             "unexpected request (query {query:?}, body {body:?}); so far: {:#?}",
             self.log
         );
-        Received { method: method_got, path: path_got, query, content_type, body, send }
+        Received {
+            method: method_got,
+            path: path_got,
+            query,
+            content_type,
+            body,
+            send,
+        }
     }
 
     /// Answers the four reads every Apply reconcile starts with.
     pub async fn reads(&mut self, kubevirts: &[Value], policies: &[Value]) {
         self.lists(kubevirts, policies).await;
-        self.workloads(&[virt_handler(true)], &deployments(true)).await;
+        self.workloads(&[virt_handler(true)], &deployments(true))
+            .await;
     }
 
     pub async fn lists(&mut self, kubevirts: &[Value], policies: &[Value]) {
@@ -134,7 +171,11 @@ impl Server {
         r.ok(&list("kubevirt.io/v1", "KubeVirtList", kubevirts));
         let r = self.expect("GET", MSP_PATH).await;
         assert_eq!(r.query, "");
-        r.ok(&list("metrics.kubevirt.io/v1alpha1", "MetricsSidecarPolicyList", policies));
+        r.ok(&list(
+            "metrics.kubevirt.io/v1alpha1",
+            "MetricsSidecarPolicyList",
+            policies,
+        ));
     }
 
     pub async fn workloads(&mut self, daemon_sets: &[Value], deployments: &[Value]) {
@@ -148,9 +189,17 @@ impl Server {
 
     /// The server-side apply of the policy status; returns the applied status.
     pub async fn status_apply(&mut self, policy: &str) -> Value {
-        let r = self.expect("PATCH", &format!("{MSP_PATH}/{policy}/status")).await;
-        assert_eq!(r.query, "&force=true&fieldManager=kubevirt-metrics-operator");
-        assert_eq!(r.content_type.as_deref(), Some("application/apply-patch+yaml"));
+        let r = self
+            .expect("PATCH", &format!("{MSP_PATH}/{policy}/status"))
+            .await;
+        assert_eq!(
+            r.query,
+            "&force=true&fieldManager=kubevirt-metrics-operator"
+        );
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/apply-patch+yaml")
+        );
         let body = r.body.clone().unwrap();
         assert_eq!(body["apiVersion"], "metrics.kubevirt.io/v1alpha1");
         assert_eq!(body["kind"], "MetricsSidecarPolicy");
@@ -224,7 +273,11 @@ pub fn policy(name: &str, created: &str) -> Value {
 
 /// The release sample KubeVirt CR (testdata), deployed, at resourceVersion `rv`.
 pub fn kubevirt(rv: &str, patches: Option<Vec<Value>>) -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/kubevirt-v1.9.0/kubevirt-cr.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/kubevirt-v1.9.0/kubevirt-cr.yaml"
+    ))
+    .unwrap();
     let mut kv: Value = serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap();
     kv["metadata"]["resourceVersion"] = json!(rv);
     kv["metadata"]["uid"] = json!("kv-uid");
@@ -238,7 +291,10 @@ pub fn kubevirt(rv: &str, patches: Option<Vec<Value>>) -> Value {
 }
 
 fn manifest(file: &str) -> Value {
-    let path = format!("{}/../testdata/kubevirt-v1.9.0/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../testdata/kubevirt-v1.9.0/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap()
 }
@@ -249,7 +305,10 @@ fn sidecar_container() -> Value {
 
 fn with_sidecar(mut workload: Value, sidecar: bool) -> Value {
     if sidecar {
-        workload["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap().push(sidecar_container());
+        workload["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(sidecar_container());
     }
     workload["metadata"]["generation"] = json!(4);
     workload["metadata"]["resourceVersion"] = json!("70");
@@ -282,7 +341,8 @@ pub fn deployments(sidecar: bool) -> Vec<Value> {
 
 pub fn virt_operator_with_marker(owner: &str) -> Value {
     let mut d = deployment("virt-operator-deployment.yaml", true);
-    d["spec"]["template"]["metadata"]["annotations"]["metrics.kubevirt.io/sidecar-policy"] = json!(owner);
+    d["spec"]["template"]["metadata"]["annotations"]["metrics.kubevirt.io/sidecar-policy"] =
+        json!(owner);
     d
 }
 
@@ -294,8 +354,11 @@ pub fn foreign(name: &str, patch: &str) -> Value {
 /// Our entries for `policy`, as the plan builds them (the plan is golden-tested on its own).
 pub fn our_entries(policy: &Value) -> Vec<Value> {
     let policy: MetricsSidecarPolicy = serde_json::from_value(policy.clone()).unwrap();
-    let kv: kubevirt_metrics_operator::api::KubeVirt = serde_json::from_value(kubevirt("1", None)).unwrap();
-    kubevirt_metrics_operator::plan::plan(&policy, Some(&kv), &Default::default()).unwrap().entry_values()
+    let kv: kubevirt_metrics_operator::api::KubeVirt =
+        serde_json::from_value(kubevirt("1", None)).unwrap();
+    kubevirt_metrics_operator::plan::plan(&policy, Some(&kv), &Default::default())
+        .unwrap()
+        .entry_values()
 }
 
 /// Condition `type_` of an applied status.
