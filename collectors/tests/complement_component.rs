@@ -88,6 +88,9 @@ async fn client_fetches_and_parses_the_component_over_verified_https() {
     let families = client.fetch().await.unwrap();
     assert_eq!(families, component::parse(&component_fixture()).unwrap());
     let names = client.served_families().await.unwrap();
+    let parsed: std::collections::BTreeSet<String> =
+        families.iter().map(|f| f.name.to_string()).collect();
+    assert_eq!(names, parsed);
     assert!(names.contains(SERVED_GAUGE) && names.contains(SERVED_COUNTER));
     assert!(!names.contains(MISSING));
 

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use parse::{ParseError, parse};
+pub use parse::{ParseError, family_names, parse};
 
 use crate::config::CommonArgs;
 use crate::exposition::Family;
@@ -194,10 +194,17 @@ impl ComponentClient {
     }
 
     /// The names of the families the component serves, as written on its `# TYPE` lines
-    /// (counters with `_total`), including families it declares without samples.
+    /// (counters with `_total`), including families it declares without samples. Reads names
+    /// only ([`family_names`]): this runs every interval in complement mode.
     pub async fn served_families(&self) -> Result<BTreeSet<String>, ComponentError> {
-        let families = self.fetch().await?;
-        Ok(families.into_iter().map(|f| f.name.into_owned()).collect())
+        let text = self.fetch_text().await?;
+        let url = self.url.clone();
+        tokio::task::spawn_blocking(move || family_names(&text))
+            .await
+            .map_err(|e| ComponentError::Task {
+                url,
+                reason: e.to_string(),
+            })
     }
 }
 

@@ -15,7 +15,7 @@
 //! family of its own. Anything else is an error naming the line; the parser never panics.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::exposition::{Family, Labels, MetricType, Sample};
 
@@ -39,6 +39,54 @@ pub fn parse(text: &str) -> Result<Vec<Family>, ParseError> {
         })?;
     }
     Ok(parser.families)
+}
+
+/// The names of the families a text exposition serves, without reading samples: names on
+/// `# HELP`/`# TYPE` lines, plus the name of any sample that belongs to no declared family
+/// (untyped). For the complement check, which runs every interval against an exposition that
+/// can be megabytes: it allocates per family, not per sample, and a malformed sample line
+/// costs that line, not the whole answer (the names it can still read are kept).
+pub fn family_names(text: &str) -> BTreeSet<String> {
+    let mut declared: HashMap<&str, Option<&str>> = HashMap::new();
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim_start_matches([' ', '\t']);
+        if let Some(comment) = line.strip_prefix('#') {
+            let (keyword, rest) = split_token(comment);
+            if keyword == "HELP" || keyword == "TYPE" {
+                let (name, rest) = split_token(rest);
+                if check_metric_name(name).is_ok() {
+                    let kind = declared.entry(name).or_insert(None);
+                    if keyword == "TYPE" {
+                        *kind = Some(split_token(rest).0);
+                    }
+                    names.insert(name.to_owned());
+                }
+            }
+            continue;
+        }
+        let end = line
+            .find(|c: char| !is_metric_name_char(c))
+            .unwrap_or(line.len());
+        let name = &line[..end];
+        if name.is_empty() || declared.contains_key(name) || check_metric_name(name).is_err() {
+            continue;
+        }
+        let owned_by_declared = ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .and_then(|base| declared.get(base))
+                .and_then(|kind| *kind)
+                .is_some_and(|kind| {
+                    kind.eq_ignore_ascii_case("histogram")
+                        || (kind.eq_ignore_ascii_case("summary") && !suffix.ends_with("bucket"))
+                })
+        });
+        if !owned_by_declared {
+            declared.insert(name, None);
+            names.insert(name.to_owned());
+        }
+    }
+    names
 }
 
 #[derive(Default)]
@@ -407,6 +455,27 @@ mod tests {
         assert_eq!(families[3].kind, MetricType::Untyped);
         assert_eq!(families[3].help, "");
         assert_eq!(families[3].samples[0].value, -1.5e6);
+    }
+
+    #[test]
+    fn family_names_agree_with_the_full_parse() {
+        let text = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 1\n\
+                    # TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n\
+                    # TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 1\ns_count 1\ns_bucket 1\n\
+                    loose 1\nloose 2\n# HELP declared_only Nothing yet.\n";
+        let full: BTreeSet<String> = parse(text)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name.into_owned())
+            .collect();
+        assert_eq!(family_names(text), full);
+        assert_eq!(
+            family_names(text).into_iter().collect::<Vec<_>>(),
+            ["a_total", "declared_only", "h", "loose", "s", "s_bucket"]
+        );
+        // A broken line costs only itself.
+        let names = family_names("# TYPE g gauge\ng{oops 1\n9bad 1\nother{a=\"b\"} 2\n");
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["g", "other"]);
     }
 
     #[test]

@@ -133,6 +133,20 @@ mod tests {
     }
 
     #[test]
+    fn prometheus_3_gets_openmetrics_1_and_its_escaping_parameter_is_ignored() {
+        // Our names are all legacy-valid, so no escaping scheme changes a byte.
+        let prometheus_3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+        assert_eq!(negotiate(Some(prometheus_3)), Format::OpenMetrics1);
+        // Text 1.0.0 alone is not something we write; 0.0.4 is the next choice.
+        assert_eq!(
+            negotiate(Some(
+                "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2"
+            )),
+            Format::Text
+        );
+    }
+
+    #[test]
     fn plain_clients_get_text() {
         for accept in [
             None,
