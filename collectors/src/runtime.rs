@@ -72,8 +72,11 @@ pub enum RuntimeError {
 pub fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: container logs would keep the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -348,7 +351,8 @@ fn complement(
 }
 
 /// Logs each problem once: when it first appears (per source, kind and target), and once
-/// more when a pass no longer reports it.
+/// more when a pass no longer reports it. The target is logged as `subject` (`target` is
+/// the log record's module path in the JSON format).
 #[derive(Debug, Default)]
 struct ProblemLog {
     active: HashSet<(&'static str, &'static str, String)>,
@@ -363,7 +367,7 @@ impl ProblemLog {
                 tracing::warn!(
                     source = problem.source,
                     kind = problem.kind,
-                    target = %problem.target,
+                    subject = %problem.target,
                     "{}",
                     problem.message
                 );
@@ -371,7 +375,7 @@ impl ProblemLog {
             now.insert(key);
         }
         for (source, kind, target) in self.active.difference(&now) {
-            tracing::info!(source, kind, target = %target, "problem cleared");
+            tracing::info!(source, kind, subject = %target, "problem cleared");
         }
         self.active = now;
     }

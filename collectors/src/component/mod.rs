@@ -38,7 +38,7 @@ pub enum ComponentError {
     Client(#[source] reqwest::Error),
     #[error("{url}: no answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", error_chain(.source))]
     Request {
         url: String,
         #[source]
@@ -206,6 +206,22 @@ impl ComponentClient {
                 reason: e.to_string(),
             })
     }
+}
+
+/// `error sending request: client error (Connect): tcp connect error: Connection refused`:
+/// reqwest's own message names no cause, the cause is in the source chain.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 fn read_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, ComponentError> {
