@@ -337,3 +337,34 @@ async fn virt_operator_is_patched_by_server_side_apply() {
     drop(ctx);
     server.done().await;
 }
+
+#[tokio::test]
+async fn moving_kubevirt_ref_takes_our_entries_out_of_the_old_cr() {
+    let (ctx, mut server) = setup();
+    let mut p = policy("metrics", CREATED);
+    p["spec"]["kubevirtRef"] = json!({"name": "kubevirt-b"});
+    let ours = our_entries(&p);
+    let a = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
+    let old_cr = kubevirt("5", Some(vec![ours[0].clone(), a.clone()]));
+    let mut new_cr = kubevirt("6", None);
+    new_cr["metadata"]["name"] = json!("kubevirt-b");
+    let task = spawn_reconcile(&p, &ctx);
+
+    server.lists(&[old_cr, new_cr.clone()], &[p.clone()]).await;
+    server
+        .workloads(&[virt_handler(false)], &deployments(false))
+        .await;
+    let r = server.expect("PATCH", &format!("{KV_PATH}/kubevirt")).await;
+    assert_kv_write(&r, "5", &[a.clone()]);
+    r.ok(&kubevirt("7", Some(vec![a])));
+    let r = server
+        .expect("PATCH", &format!("{KV_PATH}/kubevirt-b"))
+        .await;
+    assert_kv_write(&r, "6", &ours);
+    r.ok(&new_cr);
+    server.status_apply("metrics").await;
+    server.event().await;
+    task.await.unwrap().unwrap();
+    drop(ctx);
+    server.done().await;
+}

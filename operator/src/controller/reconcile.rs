@@ -258,7 +258,11 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
         return Ok(Action::requeue(ctx.settings.resync));
     }
 
-    match write_all(ctx, kv, hco.as_ref(), &plan, &workloads).await {
+    let result = match leave_other_crs(ctx, kv, &seen.kubevirts, &plan.owner).await {
+        Ok(()) => write_all(ctx, kv, hco.as_ref(), &plan, &workloads).await,
+        Err(err) => Err(err),
+    };
+    match result {
         Ok(wrote) => {
             let in_place: BTreeSet<String> = plan
                 .entries
@@ -323,6 +327,23 @@ async fn wait(
     let notice = Notice::normal(reasons::WAITING_FOR_KUBEVIRT, "Wait", note);
     finish(ctx, policy, report, Some(notice)).await?;
     Ok(Action::requeue(ctx.settings.wait))
+}
+
+/// Our entries out of every other KubeVirt CR of the namespace (left behind when
+/// `spec.kubevirtRef` moved to another CR). No request when there are none.
+async fn leave_other_crs(
+    ctx: &Context,
+    target: &KubeVirt,
+    kubevirts: &[KubeVirt],
+    owner: &str,
+) -> Result<(), ApplyError> {
+    for other in kubevirts {
+        let ours_there = other.patches().iter().any(|e| is_owned_by(e, owner));
+        if other.name_any() != target.name_any() && ours_there {
+            apply::kubevirt_cleanup(ctx, other, owner).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Every write of the Apply branch. `Ok(true)` when anything was written.
@@ -461,19 +482,26 @@ async fn cleanup(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action,
     let seen = observe::namespace(ctx, &namespace)
         .await
         .map_err(read("KubeVirt CRs and policies"))?;
-    let Ok(kv) = target::resolve(policy, &seen.kubevirts) else {
-        return Ok(Action::await_change());
-    };
-    let mut wrote = match target::hyperconverged_owner(kv) {
-        Some(hco_ref) => match observe::hyperconverged(ctx, &namespace, &hco_ref.name)
-            .await
-            .map_err(read("HyperConverged"))?
-        {
-            Some(hco) => apply::hyperconverged(ctx, &hco, &owner, &[]).await?.wrote,
-            None => false,
-        },
-        None => apply::kubevirt_cleanup(ctx, kv, &owner).await?.wrote,
-    };
+    // Every CR of the namespace, not only the current target: entries left behind by an
+    // earlier `kubevirtRef` go too. No request for a CR without entries of ours.
+    let mut wrote = false;
+    let mut touched = Vec::new();
+    for kv in &seen.kubevirts {
+        let written = match target::hyperconverged_owner(kv) {
+            Some(hco_ref) => match observe::hyperconverged(ctx, &namespace, &hco_ref.name)
+                .await
+                .map_err(read("HyperConverged"))?
+            {
+                Some(hco) => apply::hyperconverged(ctx, &hco, &owner, &[]).await?.wrote,
+                None => false,
+            },
+            None => apply::kubevirt_cleanup(ctx, kv, &owner).await?.wrote,
+        };
+        if written {
+            touched.push(kv.name_any());
+        }
+        wrote |= written;
+    }
     let workloads = observe::workloads(ctx, &namespace)
         .await
         .map_err(read("component workloads"))?;
@@ -481,10 +509,14 @@ async fn cleanup(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action,
         wrote |= apply::virt_operator_cleanup(ctx, live, &owner).await?;
     }
     if wrote {
-        let note = format!(
-            "removed this policy's sidecars from KubeVirt CR {namespace}/{}",
-            kv.name_any()
-        );
+        let note = if touched.is_empty() {
+            "removed this policy's sidecar from the virt-operator Deployment".to_owned()
+        } else {
+            format!(
+                "removed this policy's sidecars from KubeVirt CR {namespace}/{}",
+                touched.join(", ")
+            )
+        };
         events::publish(
             ctx,
             policy,
