@@ -1,6 +1,7 @@
 //! Shared pieces of the server and complement tests: a scripted collector, KubeVirt-shaped
 //! families, certificates, a fake co-located component, and the strict OpenMetrics check.
 #![allow(dead_code)] // Each test binary uses a different part.
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
 use std::future::Future;
 use std::net::SocketAddr;
