@@ -14,11 +14,16 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub fn encode(families: &[Family]) -> String {
     let mut out = String::with_capacity(estimate_len(families));
     for (family, samples) in client_golang_order(families) {
-        out.push_str("# HELP ");
-        out.push_str(&family.name);
-        out.push(' ');
-        escape_help(&mut out, &family.help);
-        out.push_str("\n# TYPE ");
+        // client_golang writes no HELP line for a family without help (relayed families
+        // parsed from an exposition that had none).
+        if !family.help.is_empty() {
+            out.push_str("# HELP ");
+            out.push_str(&family.name);
+            out.push(' ');
+            escape_help(&mut out, &family.help);
+            out.push('\n');
+        }
+        out.push_str("# TYPE ");
         out.push_str(&family.name);
         out.push(' ');
         out.push_str(family.kind.as_str());
@@ -94,13 +99,15 @@ pub fn format_float(v: f64) -> String {
     s
 }
 
-fn push_float(out: &mut String, v: f64) {
+/// Appends a sample value as [`format_float`] writes it, without allocating.
+pub fn push_float(out: &mut String, v: f64) {
     if v.is_nan() {
         out.push_str("NaN");
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
     } else if v == 0.0 {
-        out.push_str(if v.is_sign_negative() { "-0" } else { "0" });
+        // client_golang's writeFloat special-cases zero, so negative zero is "0" too.
+        out.push('0');
     } else {
         push_go_g(out, v);
     }
@@ -160,6 +167,7 @@ mod tests {
         // Expected strings are what Go's strconv.FormatFloat(v, 'g', -1, 64) prints.
         let cases: &[(f64, &str)] = &[
             (0.0, "0"),
+            (-0.0, "0"),
             (1.0, "1"),
             (-1.0, "-1"),
             (0.5, "0.5"),
