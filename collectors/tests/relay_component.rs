@@ -196,7 +196,7 @@ async fn operator_leading_status_backport_follows_the_lease() {
     );
     let relay = RelayCollector::new(
         setup.client(Duration::from_secs(2)),
-        vec![Backport::OperatorLeadingStatus(lease)],
+        vec![Backport::OperatorLeadingStatus(Box::new(lease))],
     );
     api.set_lease("virt-operator", Some("virt-operator-a"));
     let out = text::encode(&relay.collect(deadline()).await.families);

@@ -90,10 +90,10 @@ fn resource(kind: &str) -> Option<(&'static str, &'static str, &'static str, boo
 /// fields a real API server requires (containers, access modes) filled in.
 fn rewrite(mut doc: Value, namespaces: &[(&str, String)], suffix: &str) -> Value {
     let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
-    if let Some(ns) = doc["metadata"]["namespace"].as_str() {
-        if let Some((_, new)) = namespaces.iter().find(|(old, _)| *old == ns) {
-            doc["metadata"]["namespace"] = json!(new);
-        }
+    if let Some(ns) = doc["metadata"]["namespace"].as_str()
+        && let Some((_, new)) = namespaces.iter().find(|(old, _)| *old == ns)
+    {
+        doc["metadata"]["namespace"] = json!(new);
     }
     let cluster_scoped = matches!(
         kind.as_str(),

@@ -35,12 +35,12 @@ async fn main() {
             }
         };
         let identity = lease::identity(&args.pod_name);
-        backports.push(Backport::OperatorLeadingStatus(LeaseReader::new(
+        backports.push(Backport::OperatorLeadingStatus(Box::new(LeaseReader::new(
             client,
             &args.namespace,
             &args.leader_lease,
             identity,
-        )));
+        ))));
     }
     let collector: Arc<dyn Collector> = Arc::new(RelayCollector::new(component, backports));
     if let Err(error) = runtime::run(NAME, &args.common, collector).await {

@@ -44,7 +44,7 @@ const VIRT_API_READY_STATUS_HELP: &str =
 #[derive(Clone)]
 pub enum Backport {
     /// `kubevirt_virt_operator_leading_status` from Lease `virt-operator`.
-    OperatorLeadingStatus(LeaseReader),
+    OperatorLeadingStatus(Box<LeaseReader>),
     /// `kubevirt_virt_api_ready_status` from the component answering.
     ApiReadyStatus,
 }

@@ -1,6 +1,7 @@
 //! Shared by the controller tests: fixtures and golden files.
 #![allow(dead_code)]
 
+#[cfg(feature = "runtime")]
 pub mod fake_api;
 
 use std::path::{Path, PathBuf};

@@ -22,8 +22,8 @@ pub struct Meta {
     pub name: String,
     pub namespace: String,
     pub uid: String,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
+    pub labels: SmallMap<String>,
+    pub annotations: SmallMap<String>,
     pub creation_timestamp: Option<Timestamp>,
 }
 
@@ -39,6 +39,77 @@ impl Meta {
 
     fn keep_annotations(&mut self, keep: impl Fn(&str) -> bool) {
         self.annotations.retain(|k, _| keep(k));
+    }
+}
+
+/// A small string-keyed map, sorted by key, as one exact-size vector. Objects carry a
+/// handful of labels, annotations and resources each; a `BTreeMap` node would reserve room
+/// for eleven entries, which made the cache twice the size of the JSON it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmallMap<V>(Vec<(String, V)>);
+
+impl<V> Default for SmallMap<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V> SmallMap<V> {
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn insert(&mut self, key: String, value: V) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+
+    /// Entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&String, &V) -> bool) {
+        self.0.retain(|(k, v)| keep(k, v));
+        self.0.shrink_to_fit();
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<V> FromIterator<(String, V)> for SmallMap<V> {
+    fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
+        let sorted: BTreeMap<String, V> = iter.into_iter().collect();
+        let mut entries: Vec<(String, V)> = sorted.into_iter().collect();
+        entries.shrink_to_fit();
+        Self(entries)
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for SmallMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // `null` (as the API writes for an empty map) is an empty map.
+        let map = Option::<BTreeMap<String, V>>::deserialize(deserializer)?;
+        Ok(map.map(|m| m.into_iter().collect()).unwrap_or_default())
     }
 }
 
@@ -136,8 +207,8 @@ pub struct VmiTemplate {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct TemplateMeta {
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
+    pub labels: SmallMap<String>,
+    pub annotations: SmallMap<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -162,8 +233,8 @@ pub struct DomainSpec {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Resources {
-    pub requests: BTreeMap<String, Quantity>,
-    pub limits: BTreeMap<String, Quantity>,
+    pub requests: SmallMap<Quantity>,
+    pub limits: SmallMap<Quantity>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
