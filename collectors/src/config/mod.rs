@@ -256,7 +256,7 @@ impl HandlerArgs {
         if !self.node_name.is_empty() {
             push(&mut args, "--node-name", self.node_name.clone());
         }
-        if self.pods_dir != PathBuf::from("/pods") {
+        if self.pods_dir.as_path() != std::path::Path::new("/pods") {
             push(&mut args, "--pods-dir", self.pods_dir.display().to_string());
         }
         if self.max_concurrency != 4 {
