@@ -234,7 +234,9 @@ fn cleanup_of_a_cr_with_only_our_entries_removes_the_field() {
 
 fn kubectl() -> PathBuf {
     if let Some(path) = std::env::var_os("KUBECTL") {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        assert!(path.exists(), "KUBECTL={} does not exist", path.display());
+        return path;
     }
     for candidate in [
         repo().join(".work/bin/kubectl"),
@@ -391,6 +393,31 @@ fn patches_keep_the_component_container_first_on_real_manifests() {
             let twice = strategic_patch(&once, &ours.patch);
             assert_eq!(once, twice, "{case}/{component}: patch is idempotent");
         }
+    }
+}
+
+#[test]
+fn coexists_with_another_well_behaved_sidecar_patch() {
+    // Someone else's patch that adds its own container the same careful way: whichever runs
+    // first (virt-operator orders by patch length), the component stays at index 0 and both
+    // sidecars are there once.
+    let ours = load_plan("minimal", None).entries[0].patch.clone();
+    let theirs = json!({"spec": {"template": {"spec": {
+        "$setElementOrder/containers": [{"name": "virt-handler"}, {"name": "proxy"}],
+        "containers": [{"name": "proxy", "image": "registry.example.com/proxy:v1"}],
+    }}}})
+    .to_string();
+    for (first, second) in [(&ours, &theirs), (&theirs, &ours)] {
+        let merged = strategic_patch(
+            &strategic_patch(&manifest(Component::VirtHandler), first),
+            second,
+        );
+        let names = container_names(&merged);
+        assert_eq!(names[0], "virt-handler");
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            names.contains(&"proxy".to_owned()) && names.contains(&"metrics-sidecar".to_owned())
+        );
     }
 }
 
