@@ -77,7 +77,9 @@ impl Peers {
             qemu_uri: get("QEMU_URI")?,
             test_uri: get("TEST_URI")?,
             test_domain_prefix: get("TEST_DOMAIN_PREFIX")?,
-            test_domains: get("TEST_DOMAINS")?.parse().map_err(|e| format!("TEST_DOMAINS: {e}"))?,
+            test_domains: get("TEST_DOMAINS")?
+                .parse()
+                .map_err(|e| format!("TEST_DOMAINS: {e}"))?,
             guest: get("GUEST")? == "1",
             guest_domain: get("GUEST_DOMAIN")?,
             guest_namespace: get("GUEST_NAMESPACE")?,
@@ -120,8 +122,9 @@ impl Peers {
             .libvirtd_pid()
             .ok_or("libvirtd was not started by scripts/real-peers.sh")?;
         signal(pid, "TERM")?;
-        wait_until(Duration::from_secs(30), || !process_alive(pid))
-            .map_err(|_| format!("libvirtd {pid} did not exit"))?;
+        if !wait_until(Duration::from_secs(30), || !process_alive(pid)) {
+            return Err(format!("libvirtd {pid} did not exit"));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -140,10 +143,13 @@ impl Peers {
             .map_err(|e| e.to_string())?;
         // The child is a daemon for the rest of the run; `real-peers.sh down` stops it by pid.
         std::mem::forget(child);
-        wait_until(Duration::from_secs(60), || {
+        if wait_until(Duration::from_secs(60), || {
             virsh(&self.qemu_uri, &["version"]).is_ok()
-        })
-        .map_err(|_| "libvirtd did not come back".to_owned())
+        }) {
+            Ok(())
+        } else {
+            Err("libvirtd did not come back".to_owned())
+        }
     }
 
     /// Re-runs `scripts/real-peers.sh up` (idempotent, fast): brings back what a test
@@ -313,15 +319,15 @@ impl Drop for Paused {
     }
 }
 
-/// Polls `ready` every 100 ms until it is true or `limit` passed.
-pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+/// Polls `ready` every 100 ms until it is true (returns true) or `limit` passed (false).
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
         if ready() {
-            return Ok(());
+            return true;
         }
         if start.elapsed() > limit {
-            return Err(());
+            return false;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

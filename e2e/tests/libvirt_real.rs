@@ -5,8 +5,9 @@
 //! Tests here share one libvirtd and one of them restarts it, so they run one at a time
 //! (a process-wide lock).
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use e2e::{Paused, Peers, parse_series};
@@ -15,13 +16,14 @@ use kubevirt_metrics_collectors::exporters::text;
 use kubevirt_metrics_collectors::families::handler;
 use kubevirt_metrics_collectors::model::VmiStats;
 use kubevirt_metrics_collectors::sources::libvirt::LibvirtSource;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 const NODE: &str = "e2e-node";
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+async fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    LOCK.lock().await
 }
 
 fn source(uri: &str, timeout: Duration) -> LibvirtSource {
@@ -29,7 +31,9 @@ fn source(uri: &str, timeout: Duration) -> LibvirtSource {
 }
 
 async fn collect(source: &LibvirtSource) -> SourceReport {
-    source.collect(Instant::now() + Duration::from_secs(20)).await
+    source
+        .collect(Instant::now() + Duration::from_secs(20))
+        .await
 }
 
 fn guest<'a>(peers: &Peers, report: &'a SourceReport) -> &'a VmiStats {
@@ -47,7 +51,10 @@ fn guest<'a>(peers: &Peers, report: &'a SourceReport) -> &'a VmiStats {
 
 /// The guest's exposition, as virt-handler-metrics would serve it.
 fn guest_exposition(peers: &Peers, report: &SourceReport) -> String {
-    text::encode(&handler::render(std::slice::from_ref(guest(peers, report)), &[]))
+    text::encode(&handler::render(
+        std::slice::from_ref(guest(peers, report)),
+        &[],
+    ))
 }
 
 fn value(exposition: &str, series: &str) -> f64 {
@@ -125,7 +132,7 @@ const NOT_FROM_THIS_GUEST: &[&str] = &[
 
 #[tokio::test]
 async fn every_family_the_guest_can_report_appears_with_kubevirt_labels() {
-    let _serial = serial();
+    let _serial = serial().await;
     let peers = guest_peers();
     let report = collect(&source(&peers.qemu_uri, Duration::from_secs(10))).await;
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -170,12 +177,15 @@ async fn every_family_the_guest_can_report_appears_with_kubevirt_labels() {
     // One vCPU allowed on every host CPU.
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     assert!(value(&text, &format!("kubevirt_vmi_node_cpu_affinity{{{id}}}")) >= 1.0);
-    assert!(value(&text, &format!("kubevirt_vmi_node_cpu_affinity{{{id}}}")) <= host_cpus.max(1.0) * 2.0);
+    assert!(
+        value(&text, &format!("kubevirt_vmi_node_cpu_affinity{{{id}}}"))
+            <= host_cpus.max(1.0) * 2.0
+    );
 }
 
 #[tokio::test]
 async fn counters_grow_between_two_collections() {
-    let _serial = serial();
+    let _serial = serial().await;
     let peers = guest_peers();
     let source = source(&peers.qemu_uri, Duration::from_secs(10));
     let first = guest_exposition(&peers, &collect(&source).await);
@@ -204,7 +214,7 @@ async fn counters_grow_between_two_collections() {
 
 #[tokio::test]
 async fn memory_matches_virsh_domstats() {
-    let _serial = serial();
+    let _serial = serial().await;
     let peers = guest_peers();
     let report = collect(&source(&peers.qemu_uri, Duration::from_secs(10))).await;
     let text = guest_exposition(&peers, &report);
@@ -228,7 +238,10 @@ async fn memory_matches_virsh_domstats() {
         kib("balloon.current") * 1024.0
     );
     assert_eq!(
-        value(&text, &format!("kubevirt_vmi_memory_actual_balloon_bytes{{{id}}}")),
+        value(
+            &text,
+            &format!("kubevirt_vmi_memory_actual_balloon_bytes{{{id}}}")
+        ),
         kib("balloon.current") * 1024.0
     );
     // Guest-reported numbers move a little between the two reads; they must be close.
@@ -257,16 +270,21 @@ async fn memory_matches_virsh_domstats() {
 ///   usual findings do not apply to the per-VMI families; the allow-list is kept for
 ///   families other collectors add (`kubevirt_vmi_phase_count` trips "non-histogram and
 ///   non-summary metrics should not have \"_count\" suffix").
-const ALLOWED_LINTS: &[&str] = &[r#"non-histogram and non-summary metrics should not have "_count" suffix"#];
+const ALLOWED_LINTS: &[&str] =
+    &[r#"non-histogram and non-summary metrics should not have "_count" suffix"#];
 
 #[tokio::test]
 async fn promtool_accepts_the_exposition() {
-    let _serial = serial();
+    let _serial = serial().await;
     let peers = guest_peers();
     let report = collect(&source(&peers.qemu_uri, Duration::from_secs(10))).await;
     let text = text::encode(&handler::render(&report.vmis, &[]));
     let result = peers.promtool_check_metrics(&text).expect("promtool");
-    assert_ne!(result.code, 1, "promtool could not parse:\n{}", result.output);
+    assert_ne!(
+        result.code, 1,
+        "promtool could not parse:\n{}",
+        result.output
+    );
     let unexpected: Vec<&str> = result
         .findings()
         .into_iter()
@@ -277,14 +295,18 @@ async fn promtool_accepts_the_exposition() {
 
 #[tokio::test]
 async fn in_process_test_driver_connection_works() {
-    let _serial = serial();
+    let _serial = serial().await;
     let report = collect(&source("test:///default", Duration::from_secs(10))).await;
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.targets_seen, 1);
     let vmi = &report.vmis[0];
     // A plain libvirt domain (no `_`): no namespace, its name as is.
     assert_eq!(
-        (vmi.vmi.namespace.as_str(), vmi.vmi.name.as_str(), vmi.vmi.node.as_str()),
+        (
+            vmi.vmi.namespace.as_str(),
+            vmi.vmi.name.as_str(),
+            vmi.vmi.node.as_str()
+        ),
         ("", "test", NODE)
     );
     assert_eq!(vmi.domain.name.as_deref(), Some("test"));
@@ -296,7 +318,7 @@ async fn in_process_test_driver_connection_works() {
 
 #[tokio::test]
 async fn daemon_test_driver_lists_every_domain_with_kubevirt_identity() {
-    let _serial = serial();
+    let _serial = serial().await;
     let peers = Peers::load();
     let report = collect(&source(&peers.test_uri, Duration::from_secs(10))).await;
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -326,7 +348,7 @@ async fn daemon_test_driver_lists_every_domain_with_kubevirt_identity() {
 
 #[tokio::test]
 async fn an_unreachable_uri_is_a_problem_not_a_failure() {
-    let _serial = serial();
+    let _serial = serial().await;
     let bad = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
     let source = LibvirtSource::new(
         &["test:///default".to_owned(), bad.to_owned()],
@@ -345,7 +367,7 @@ async fn an_unreachable_uri_is_a_problem_not_a_failure() {
 
 #[tokio::test]
 async fn a_libvirtd_restart_is_survived_without_restarting_the_collector() {
-    let _serial = serial();
+    let _serial = serial().await;
     let peers = guest_peers();
     if peers.libvirtd_pid().is_none() {
         eprintln!(
@@ -387,7 +409,7 @@ async fn a_libvirtd_restart_is_survived_without_restarting_the_collector() {
 
 #[tokio::test]
 async fn a_hung_daemon_times_out_then_recovers() {
-    let _serial = serial();
+    let _serial = serial().await;
     let peers = guest_peers();
     let Some(pid) = peers.libvirtd_pid() else {
         eprintln!("SKIPPED: libvirtd was not started by scripts/real-peers.sh (not ours to pause)");

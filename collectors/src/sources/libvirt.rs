@@ -158,7 +158,7 @@ impl StatsSource for LibvirtSource {
                 out.problems.extend(report.problems);
             }
             // Records come in the daemon's hash order and URIs finish in any order.
-            out.vmis.sort_by(|a, b| {
+            out.vmis.sort_unstable_by(|a, b| {
                 (&a.vmi.namespace, &a.vmi.name, &a.domain.uuid).cmp(&(
                     &b.vmi.namespace,
                     &b.vmi.name,
@@ -274,7 +274,9 @@ impl UriWorker {
                         state.host_cpus = None;
                     }
                     Err(err) => {
-                        report.problems.push(problem(&self.uri, "connect", err.to_string()));
+                        report
+                            .problems
+                            .push(problem(&self.uri, "connect", err.to_string()));
                         if !state.lost {
                             tracing::warn!(uri = %self.uri, error = %err, "cannot connect to libvirt");
                             state.lost = true;
@@ -291,7 +293,7 @@ impl UriWorker {
                     let list_len = list.len() as u64;
                     report.domains_seen = list_len;
                     self.convert(&mut state, &list, node, until, &mut report);
-                    drop(list);
+                    list.free_in_background();
                     return report;
                 }
                 Err(err) if err.is_connection_error() || !conn.is_alive() => {
@@ -303,7 +305,9 @@ impl UriWorker {
                     }
                 }
                 Err(err) => {
-                    report.problems.push(problem(&self.uri, "stats", err.to_string()));
+                    report
+                        .problems
+                        .push(problem(&self.uri, "stats", err.to_string()));
                     return report;
                 }
             }
@@ -352,35 +356,39 @@ impl UriWorker {
             };
             let name = name.to_string_lossy().into_owned();
             let uuid = record.uuid();
-            let mut decoder = Decoder::new();
+            // Decoded straight into its place in the report.
+            report.vmis.push(VmiStats {
+                vmi: identity(&name, node),
+                domain: DomainStats::default(),
+                filesystems: Vec::new(),
+                dirty_rate_mbs: None,
+                collected_at,
+            });
+            let Some(vmi) = report.vmis.last_mut() else {
+                continue;
+            };
+            let domain = &mut vmi.domain;
+            let mut decoder = Decoder::new(domain);
             record.for_each_param(|field, value| decoder.param(field, value));
             let vcpus = decoder.vcpu_current();
-            let mut domain = decoder.finish();
+            decoder.finish();
+            vmi.dirty_rate_mbs = domain
+                .dirty_rate
+                .as_ref()
+                .and_then(|d| d.megabytes_per_second);
+            domain.name = Some(name);
             if let Some(uuid) = uuid.as_deref() {
                 self.attach_device_info(
                     state,
                     record,
                     uuid,
                     vcpus,
-                    &mut domain,
+                    domain,
                     (pass, until, &mut refresh_budget),
-                    report,
+                    &mut report.problems,
                 );
             }
-            let dirty_rate_mbs = domain
-                .dirty_rate
-                .as_ref()
-                .and_then(|d| d.megabytes_per_second);
-            let vmi = identity(&name, node);
-            domain.name = Some(name);
             domain.uuid = uuid;
-            report.vmis.push(VmiStats {
-                vmi,
-                domain,
-                filesystems: Vec::new(),
-                dirty_rate_mbs,
-                collected_at,
-            });
         }
         state.domains.retain(|_, info| info.seen_in_pass == pass);
     }
@@ -396,7 +404,7 @@ impl UriWorker {
         vcpus: Option<u64>,
         domain: &mut DomainStats,
         (pass, until, refresh_budget): (u64, std::time::Instant, &mut usize),
-        report: &mut UriReport,
+        problems: &mut Vec<Problem>,
     ) {
         let has_devices = !domain.nets.is_empty() || !domain.blocks.is_empty();
         // Nothing to read for a domain without devices or vCPU statistics (e.g. the test
@@ -423,8 +431,15 @@ impl UriWorker {
                 Ok(info) => {
                     state.domains.insert(uuid.to_owned(), info);
                 }
-                Err(err) => report.problems.push(problem(
-                    &format!("{} {}", self.uri, record.name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+                Err(err) => problems.push(problem(
+                    &format!(
+                        "{} {}",
+                        self.uri,
+                        record
+                            .name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default()
+                    ),
                     "domain",
                     err.to_string(),
                 )),

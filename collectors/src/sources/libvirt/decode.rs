@@ -22,27 +22,29 @@ use super::ffi::Value;
 /// Largest per-device index we accept; protects against a corrupt record allocating a lot.
 const MAX_INDEX: usize = 4096;
 
-/// Decodes one record. Call [`Decoder::param`] for each typed parameter, then
-/// [`Decoder::finish`].
-#[derive(Default)]
-pub struct Decoder {
-    stats: DomainStats,
-    cpu: CpuStats,
-    memory: MemoryStats,
-    dirty: DirtyRateStats,
+/// Decodes one record into a [`DomainStats`] in place (records are many and small on a
+/// big host: no intermediate copies). Call [`Decoder::param`] for each typed parameter,
+/// then [`Decoder::finish`].
+pub struct Decoder<'a> {
+    stats: &'a mut DomainStats,
     vcpu_current: Option<u64>,
     vcpu_maximum: Option<u64>,
     vcpus_seen: Vec<bool>,
     net_count: Option<u64>,
     block_count: Option<u64>,
-    have_cpu: bool,
-    have_memory: bool,
-    have_dirty: bool,
 }
 
-impl Decoder {
-    pub fn new() -> Self {
-        Self::default()
+impl<'a> Decoder<'a> {
+    /// `stats` should be empty (default); what the record carries is written into it.
+    pub fn new(stats: &'a mut DomainStats) -> Self {
+        Decoder {
+            stats,
+            vcpu_current: None,
+            vcpu_maximum: None,
+            vcpus_seen: Vec::new(),
+            net_count: None,
+            block_count: None,
+        }
     }
 
     /// The `vcpu.current` value, once seen (used to size the vCPU pin info request).
@@ -65,51 +67,57 @@ impl Decoder {
         }
     }
 
-    pub fn finish(mut self) -> DomainStats {
-        if self.have_cpu {
-            self.stats.cpu = Some(self.cpu);
-        }
-        if self.have_memory {
-            self.stats.memory = Some(self.memory);
-        }
-        if self.have_dirty {
-            self.stats.dirty_rate = Some(self.dirty);
-        }
-        let vcpus = self.vcpu_maximum.or(self.vcpu_current);
-        match vcpus {
+    /// Sizes the vCPU and device lists the way libvirt-go does.
+    pub fn finish(self) {
+        let stats = self.stats;
+        match self.vcpu_maximum.or(self.vcpu_current) {
             Some(n) => {
                 let n = clamp_len(n);
-                self.stats.vcpus.resize_with(n, VcpuStats::default);
-                self.vcpus_seen.resize(n, false);
-                for (vcpu, seen) in self.stats.vcpus.iter_mut().zip(&self.vcpus_seen) {
+                stats.vcpus.resize_with(n, VcpuStats::default);
+                let mut seen = self.vcpus_seen;
+                seen.resize(n, false);
+                for (vcpu, seen) in stats.vcpus.iter_mut().zip(&seen) {
                     if !seen {
                         vcpu.state = Some(VcpuState::Offline);
                     }
                 }
             }
-            None => self.stats.vcpus.clear(),
+            None => stats.vcpus.clear(),
         }
-        fit(&mut self.stats.nets, self.net_count);
-        fit(&mut self.stats.blocks, self.block_count);
-        self.stats
+        fit(&mut stats.nets, self.net_count);
+        fit(&mut stats.blocks, self.block_count);
     }
 
     fn cpu_field(&mut self, rest: &[u8], value: Value<'_>) {
+        let Some(v) = unsigned(value) else { return };
+        let cpu = || CpuStats::default();
         let slot = match rest {
-            b"time" => &mut self.cpu.time,
-            b"user" => &mut self.cpu.user,
-            b"system" => &mut self.cpu.system,
+            b"time" => &mut self.stats.cpu.get_or_insert_with(cpu).time,
+            b"user" => &mut self.stats.cpu.get_or_insert_with(cpu).user,
+            b"system" => &mut self.stats.cpu.get_or_insert_with(cpu).system,
             _ => return,
         };
-        if let Some(v) = unsigned(value) {
-            *slot = Some(v);
-            self.have_cpu = true;
-        }
+        *slot = Some(v);
     }
 
     fn balloon_field(&mut self, rest: &[u8], value: Value<'_>) {
         let Some(v) = unsigned(value) else { return };
-        let m = &mut self.memory;
+        if !matches!(
+            rest,
+            b"current"
+                | b"rss"
+                | b"swap_in"
+                | b"swap_out"
+                | b"major_fault"
+                | b"minor_fault"
+                | b"unused"
+                | b"available"
+                | b"usable"
+                | b"disk_caches"
+        ) {
+            return;
+        }
+        let m = self.stats.memory.get_or_insert_with(MemoryStats::default);
         match rest {
             b"current" => {
                 m.total = Some(v);
@@ -124,9 +132,8 @@ impl Decoder {
             b"available" => m.available = Some(v),
             b"usable" => m.usable = Some(v),
             b"disk_caches" => m.cached = Some(v),
-            _ => return,
+            _ => {}
         }
-        self.have_memory = true;
     }
 
     fn vcpu_field(&mut self, rest: &[u8], value: Value<'_>) {
@@ -214,17 +221,28 @@ impl Decoder {
     }
 
     fn dirty_field(&mut self, rest: &[u8], value: Value<'_>) {
+        let Some(v) = signed(value) else { return };
+        let dirty = || DirtyRateStats::default();
         let slot = match rest {
-            b"calc_status" => &mut self.dirty.calc_status,
-            b"calc_start_time" => &mut self.dirty.calc_start_time,
-            b"calc_period" => &mut self.dirty.calc_period,
-            b"megabytes_per_second" => &mut self.dirty.megabytes_per_second,
+            b"calc_status" => &mut self.stats.dirty_rate.get_or_insert_with(dirty).calc_status,
+            b"calc_start_time" => {
+                &mut self
+                    .stats
+                    .dirty_rate
+                    .get_or_insert_with(dirty)
+                    .calc_start_time
+            }
+            b"calc_period" => &mut self.stats.dirty_rate.get_or_insert_with(dirty).calc_period,
+            b"megabytes_per_second" => {
+                &mut self
+                    .stats
+                    .dirty_rate
+                    .get_or_insert_with(dirty)
+                    .megabytes_per_second
+            }
             _ => return,
         };
-        if let Some(v) = signed(value) {
-            *slot = Some(v);
-            self.have_dirty = true;
-        }
+        *slot = Some(v);
     }
 }
 
@@ -292,6 +310,7 @@ fn to_string(s: &CStr) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::model::NetStats;
@@ -300,11 +319,13 @@ mod tests {
     /// What `virsh domstats --raw` printed for the real test guest (bookworm, libvirt 9.0,
     /// QEMU 7.2, TCG), as typed parameters.
     fn decode(params: &[(&str, Value<'_>)]) -> DomainStats {
-        let mut d = Decoder::new();
+        let mut stats = DomainStats::default();
+        let mut d = Decoder::new(&mut stats);
         for (field, value) in params {
             d.param(field.as_bytes(), *value);
         }
-        d.finish()
+        d.finish();
+        stats
     }
 
     #[test]
@@ -415,7 +436,10 @@ mod tests {
         assert_eq!(s.blocks.len(), 1);
         let b = &s.blocks[0];
         assert_eq!(b.name.as_deref(), Some("vda"));
-        assert_eq!(b.path.as_deref(), Some("/var/tmp/kvms-peers/guest/disk.qcow2"));
+        assert_eq!(
+            b.path.as_deref(),
+            Some("/var/tmp/kvms-peers/guest/disk.qcow2")
+        );
         assert_eq!(
             (b.backing_index, b.rd_reqs, b.rd_bytes, b.rd_times),
             (Some(1), Some(18), Some(1053184), Some(385796))
@@ -442,7 +466,10 @@ mod tests {
     #[test]
     fn a_state_only_record_has_nothing_else() {
         // What the test driver returns for every group we ask.
-        let s = decode(&[("state.state", Value::Int(1)), ("state.reason", Value::Int(1))]);
+        let s = decode(&[
+            ("state.state", Value::Int(1)),
+            ("state.reason", Value::Int(1)),
+        ]);
         assert_eq!(s, DomainStats::default());
     }
 

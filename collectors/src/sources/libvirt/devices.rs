@@ -55,8 +55,12 @@ impl AliasMap {
             let Some(target) = child_attr("target", "dev") else {
                 continue;
             };
-            let alias = child_attr("alias", "name")
-                .map(|alias| alias.strip_prefix(USER_ALIAS_PREFIX).unwrap_or(alias).to_owned());
+            let alias = child_attr("alias", "name").map(|alias| {
+                alias
+                    .strip_prefix(USER_ALIAS_PREFIX)
+                    .unwrap_or(alias)
+                    .to_owned()
+            });
             entries.push((target.to_owned(), alias));
         }
         Ok(Self { entries })
@@ -100,6 +104,7 @@ impl AliasMap {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::model::{BlockStats, NetStats};
@@ -191,7 +196,11 @@ mod tests {
             ..Default::default()
         };
         map.apply(&mut bare);
-        assert_eq!(bare.nets[0].alias.as_deref(), Some(""), "known NIC without alias");
+        assert_eq!(
+            bare.nets[0].alias.as_deref(),
+            Some(""),
+            "known NIC without alias"
+        );
         stats.blocks.push(BlockStats {
             name: Some("vdb".into()),
             ..Default::default()
