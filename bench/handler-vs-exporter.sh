@@ -39,7 +39,7 @@ run() { # run LABEL URI [extra args]
 original=$TEST_DOMAINS
 trap 'bash $PEERS test-domains "$original" >/dev/null' EXIT
 
-echo "== machine: $(nproc) cores, $(uname -r), libvirt $(virsh --version), $(prometheus-libvirt-exporter --version 2>&1 | head -1)"
+echo "== machine: $(nproc) cores, $(uname -r), libvirt $(virsh --version), prometheus-libvirt-exporter $(dpkg-query -W -f='${Version}' prometheus-libvirt-exporter)"
 bash $PEERS test-domains 100 >/dev/null
 run "test driver, 100 domains" "$TEST_URI"
 bash $PEERS test-domains 1000 >/dev/null
