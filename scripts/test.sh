@@ -27,7 +27,13 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "tests"
-cargo test --workspace --locked
+mkdir -p .work
+cargo test --workspace --locked 2>&1 | tee .work/test-output.log
 
 log "manifests (kustomize render + offline schema validation)"
 bash scripts/validate-config.sh
+
+# One closing line for the whole run (cargo prints one per test binary, the last of which is
+# usually an empty doc-test run).
+awk '/^test result:/ { p += $4; f += $6 } /^SKIPPED test:/ { s += 1 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' .work/test-output.log
