@@ -26,12 +26,12 @@ log "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "manifests (kustomize render + offline schema validation)"
+bash scripts/validate-config.sh
+
 log "tests"
 mkdir -p .work
 cargo test --workspace --locked 2>&1 | tee .work/test-output.log
-
-log "manifests (kustomize render + offline schema validation)"
-bash scripts/validate-config.sh
 
 # One closing line for the whole run (cargo prints one per test binary, the last of which is
 # usually an empty doc-test run).
