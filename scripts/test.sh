@@ -14,7 +14,7 @@ log() { printf '\n==> %s\n' "$*"; }
 log "real peers (libvirtd, QEMU guest, Prometheus)"
 bash scripts/real-peers.sh up
 if [ "${KEEP_PEERS:-0}" != 1 ]; then
-  trap 'bash scripts/real-peers.sh down || true' EXIT
+  trap 'bash scripts/real-peers.sh down >.work/peers-down.log 2>&1 || true' EXIT
 fi
 
 log "offline tools (kubectl, Python validators)"
