@@ -8,6 +8,7 @@
 # Set KEEP_PEERS=1 to leave the peers running afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p .work
 
 log() { printf '\n==> %s\n' "$*"; }
 
