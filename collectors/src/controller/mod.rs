@@ -137,7 +137,6 @@ impl ControllerCollector {
 
         let mut collection = Collection::default();
         if let Some(watches) = &inner.watches {
-            problems.extend(watches.problems());
             if watches.settled() {
                 let shared = watches.shared();
                 let rendered = tokio::task::spawn_blocking(move || {
@@ -164,6 +163,11 @@ impl ControllerCollector {
                 tracing::info!("waiting for the initial lists before exporting");
                 inner.waiting_logged = true;
             }
+        }
+        // Read after rendering: a watch that recovered while we rendered must not be
+        // reported as failing next to the data it has just delivered.
+        if let Some(watches) = &inner.watches {
+            problems.extend(watches.problems());
         }
         if self.options.leading_status_backport {
             if let Some(leading) = inner.leading {
