@@ -4,43 +4,18 @@
 //! when promtool is installed.
 
 mod controller_support;
+#[path = "common/kubevirt_tsv.rs"]
+mod kubevirt_tsv;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use controller_support::{fixture_state, repo_root};
 use kubevirt_metrics_collectors::exporters::text;
 use kubevirt_metrics_collectors::families::controller::{self, RENDERED};
+use kubevirt_tsv::{TsvRow, kubevirt_metrics};
 
-struct Row {
-    kind: String,
-    labels: BTreeSet<String>,
-    help: String,
-}
-
-fn virt_controller_rows() -> HashMap<String, Row> {
-    let tsv = std::fs::read_to_string(repo_root().join("testdata/kubevirt-metrics.tsv"))
-        .expect("kubevirt-metrics.tsv");
-    tsv.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split('\t').collect();
-            (cols.len() == 5 && cols[0] == "virt-controller").then(|| {
-                let labels = cols[3]
-                    .split(',')
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                (
-                    cols[1].to_owned(),
-                    Row {
-                        kind: cols[2].to_owned(),
-                        labels,
-                        help: cols[4].to_owned(),
-                    },
-                )
-            })
-        })
-        .collect()
+fn virt_controller_rows() -> std::collections::BTreeMap<String, TsvRow> {
+    kubevirt_metrics(&repo_root(), "virt-controller")
 }
 
 #[test]
@@ -58,21 +33,21 @@ fn rendered_families_match_kubevirt() {
         for sample in &family.samples {
             let names: BTreeSet<String> =
                 sample.labels.iter().map(|(n, _)| n.to_string()).collect();
-            if row.labels.contains("label_*") {
+            let row_labels: BTreeSet<String> = row.labels.iter().cloned().collect();
+            if row_labels.contains("label_*") {
                 let fixed: BTreeSet<String> = names
                     .iter()
                     .filter(|n| !n.starts_with("label_"))
                     .cloned()
                     .collect();
-                let expected: BTreeSet<String> = row
-                    .labels
+                let expected: BTreeSet<String> = row_labels
                     .iter()
                     .filter(|n| *n != "label_*")
                     .cloned()
                     .collect();
                 assert_eq!(fixed, expected, "{} labels", family.name);
             } else {
-                assert_eq!(names, row.labels, "{} labels", family.name);
+                assert_eq!(names, row_labels, "{} labels", family.name);
             }
         }
     }

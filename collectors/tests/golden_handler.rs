@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/kubevirt_tsv.rs"]
+mod kubevirt_tsv;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,6 +21,7 @@ use kubevirt_metrics_collectors::families::handler::{
 };
 use kubevirt_metrics_collectors::model::{VmiIdentity, VmiStats};
 use kubevirt_metrics_collectors::wire;
+use kubevirt_tsv::{TsvRow, kubevirt_metrics};
 use serde::Deserialize;
 
 fn testdata() -> PathBuf {
@@ -229,37 +233,9 @@ fn goldens_pass_promtool() {
     }
 }
 
-struct TsvRow {
-    kind: String,
-    labels: Vec<String>,
-    help: String,
-}
-
 /// KubeVirt's own virt-handler metrics (not the Go process collectors), by name.
 fn kubevirt_handler_metrics() -> BTreeMap<String, TsvRow> {
-    let tsv = std::fs::read_to_string(testdata().join("kubevirt-metrics.tsv")).unwrap();
-    tsv.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split('\t').collect();
-            assert_eq!(cols.len(), 5, "{line}");
-            (cols[0] == "virt-handler" && !cols[4].starts_with("[client_golang")).then(|| {
-                let labels = cols[3]
-                    .split(',')
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                (
-                    cols[1].to_owned(),
-                    TsvRow {
-                        kind: cols[2].to_owned(),
-                        labels,
-                        help: cols[4].to_owned(),
-                    },
-                )
-            })
-        })
-        .collect()
+    kubevirt_metrics(&testdata().join(".."), "virt-handler")
 }
 
 #[test]
