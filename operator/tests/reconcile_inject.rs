@@ -17,8 +17,6 @@ use std::time::Duration;
 
 use kubevirt_metrics_operator::controller::metrics::WriteTarget;
 
-const CREATED: &str = "2026-01-01T00:00:00Z";
-
 fn kv_patch_path() -> String {
     format!("{KV_PATH}/kubevirt")
 }
@@ -26,11 +24,7 @@ fn kv_patch_path() -> String {
 /// Asserts a KubeVirt write: a merge patch carrying the read resourceVersion and the
 /// whole `patches` list.
 fn assert_kv_write(r: &Received, rv: &str, patches: &[Value]) {
-    assert_eq!(r.query, "&fieldManager=kubevirt-metrics-operator");
-    assert_eq!(
-        r.content_type.as_deref(),
-        Some("application/merge-patch+json")
-    );
+    r.assert_merge_patch();
     let expected = json!({
         "spec": {"customizeComponents": {"patches": patches}},
         "metadata": {"resourceVersion": rv},
@@ -64,8 +58,7 @@ async fn a_new_policy_gets_the_finalizer_first_and_nothing_else() {
     );
     r.ok(&policy("metrics", CREATED));
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -76,9 +69,8 @@ async fn first_injection_writes_our_entries_with_the_resource_version() {
     assert_eq!(ours.len(), 2, "virt-handler and virt-controller");
     let task = spawn_reconcile(&p, &ctx);
 
-    server.lists(&[kubevirt("5", None)], &[p.clone()]).await;
     server
-        .workloads(&[virt_handler(false)], &deployments(false))
+        .reads_without_sidecars(&[kubevirt("5", None)], &[p.clone()])
         .await;
     let r = server.expect("PATCH", &kv_patch_path()).await;
     assert_kv_write(&r, "5", &ours);
@@ -119,15 +111,14 @@ async fn first_injection_writes_our_entries_with_the_resource_version() {
     );
     assert_eq!(ctx.metrics.writes(WriteTarget::KubeVirt), 1);
     assert_eq!(ctx.metrics.writes(WriteTarget::Status), 1);
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
 async fn an_unchanged_world_causes_zero_writes() {
     let (ctx, mut server) = setup();
     let mut p = policy("metrics", CREATED);
-    let kept = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
+    let kept = foreign_virt_api();
     let mut patches = vec![kept];
     patches.extend(our_entries(&p));
     let kv = kubevirt("7", Some(patches));
@@ -154,8 +145,7 @@ async fn an_unchanged_world_causes_zero_writes() {
     );
     assert_eq!(ctx.metrics.writes(WriteTarget::KubeVirt), 0);
     assert_eq!(ctx.metrics.writes(WriteTarget::Status), 1);
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -163,7 +153,7 @@ async fn a_409_conflict_rereads_and_keeps_the_concurrent_entry() {
     let (ctx, mut server) = setup();
     let p = policy("metrics", CREATED);
     let ours = our_entries(&p);
-    let first = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
+    let first = foreign_virt_api();
     let concurrent = foreign(
         "virt-controller",
         r#"{"metadata":{"labels":{"team":"infra"}}}"#,
@@ -171,10 +161,7 @@ async fn a_409_conflict_rereads_and_keeps_the_concurrent_entry() {
     let task = spawn_reconcile(&p, &ctx);
 
     server
-        .lists(&[kubevirt("5", Some(vec![first.clone()]))], &[p.clone()])
-        .await;
-    server
-        .workloads(&[virt_handler(false)], &deployments(false))
+        .reads_without_sidecars(&[kubevirt("5", Some(vec![first.clone()]))], &[p.clone()])
         .await;
     let r = server.expect("PATCH", &kv_patch_path()).await;
     let mut want = vec![first.clone()];
@@ -200,8 +187,7 @@ async fn a_409_conflict_rereads_and_keeps_the_concurrent_entry() {
     task.await.unwrap().unwrap();
     assert_eq!(ctx.metrics.conflicts(WriteTarget::KubeVirt), 1);
     assert_eq!(ctx.metrics.writes(WriteTarget::KubeVirt), 1);
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -214,19 +200,12 @@ async fn foreign_entries_stay_byte_for_byte_and_in_place() {
     let a = foreign("virt-api", "{ \"spec\" : { \"replicas\" : 2 } }");
     let b = json!({"resourceName": "*", "resourceType": "Service", "type": "json",
         "patch": "[{\"op\":\"add\",\"path\":\"/metadata/labels/x\",\"value\":\"y\"}]"});
-    let other_policy = {
-        let mut other = policy("other", CREATED);
-        other["metadata"]["namespace"] = json!("elsewhere");
-        our_entries(&other).remove(0)
-    };
+    let other_policy = other_policy_entries().remove(0);
     let mut kv = kubevirt("5", Some(vec![a.clone(), b.clone(), other_policy.clone()]));
     kv["spec"]["customizeComponents"]["flags"] = json!({"handler": {"v": "4"}});
     let task = spawn_reconcile(&p, &ctx);
 
-    server.lists(&[kv], &[p.clone()]).await;
-    server
-        .workloads(&[virt_handler(false)], &deployments(false))
-        .await;
+    server.reads_without_sidecars(&[kv], &[p.clone()]).await;
     let r = server.expect("PATCH", &kv_patch_path()).await;
     let mut want = vec![a, b, other_policy];
     want.extend(ours);
@@ -241,8 +220,7 @@ async fn foreign_entries_stay_byte_for_byte_and_in_place() {
     server.status_apply("metrics").await;
     server.event().await;
     task.await.unwrap().unwrap();
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -250,7 +228,7 @@ async fn a_policy_update_replaces_our_entries_in_place_and_drops_disabled_ones()
     let (ctx, mut server) = setup();
     let old = policy("metrics", CREATED);
     let old_entries = our_entries(&old);
-    let a = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
+    let a = foreign_virt_api();
     let z = foreign("virt-controller", r#"{"spec":{"minReadySeconds":5}}"#);
     // [ours(handler), a, ours(controller), z]
     let before = vec![
@@ -270,10 +248,7 @@ async fn a_policy_update_replaces_our_entries_in_place_and_drops_disabled_ones()
 
     let task = spawn_reconcile(&new, &ctx);
     server
-        .lists(&[kubevirt("11", Some(before))], &[new.clone()])
-        .await;
-    server
-        .workloads(&[virt_handler(true)], &deployments(true))
+        .reads(&[kubevirt("11", Some(before))], &[new.clone()])
         .await;
     let r = server.expect("PATCH", &kv_patch_path()).await;
     let want = vec![new_entries[0].clone(), a, z];
@@ -285,8 +260,7 @@ async fn a_policy_update_replaces_our_entries_in_place_and_drops_disabled_ones()
     assert_eq!(status["components"].as_array().unwrap().len(), 1);
     server.event().await;
     task.await.unwrap().unwrap();
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -296,22 +270,14 @@ async fn virt_operator_is_patched_by_server_side_apply() {
     p["spec"]["components"] = json!({"virtOperator": {}});
     let task = spawn_reconcile(&p, &ctx);
 
-    server.lists(&[kubevirt("5", None)], &[p.clone()]).await;
     server
-        .workloads(&[virt_handler(false)], &deployments(false))
+        .reads_without_sidecars(&[kubevirt("5", None)], &[p.clone()])
         .await;
     // No customizeComponents entries wanted and none there: no KubeVirt write.
     let r = server
         .expect("PATCH", &format!("{DEPLOY_PATH}/virt-operator"))
         .await;
-    assert_eq!(
-        r.query,
-        "&force=true&fieldManager=kubevirt-metrics-operator"
-    );
-    assert_eq!(
-        r.content_type.as_deref(),
-        Some("application/apply-patch+yaml")
-    );
+    r.assert_server_side_apply();
     let body = r.body.clone().unwrap();
     assert_eq!(body["kind"], "Deployment");
     assert_eq!(
@@ -334,8 +300,7 @@ async fn virt_operator_is_patched_by_server_side_apply() {
     server.event().await;
     task.await.unwrap().unwrap();
     assert_eq!(ctx.metrics.writes(WriteTarget::Deployment), 1);
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -344,15 +309,14 @@ async fn moving_kubevirt_ref_takes_our_entries_out_of_the_old_cr() {
     let mut p = policy("metrics", CREATED);
     p["spec"]["kubevirtRef"] = json!({"name": "kubevirt-b"});
     let ours = our_entries(&p);
-    let a = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
+    let a = foreign_virt_api();
     let old_cr = kubevirt("5", Some(vec![ours[0].clone(), a.clone()]));
     let mut new_cr = kubevirt("6", None);
     new_cr["metadata"]["name"] = json!("kubevirt-b");
     let task = spawn_reconcile(&p, &ctx);
 
-    server.lists(&[old_cr, new_cr.clone()], &[p.clone()]).await;
     server
-        .workloads(&[virt_handler(false)], &deployments(false))
+        .reads_without_sidecars(&[old_cr, new_cr.clone()], &[p.clone()])
         .await;
     let r = server.expect("PATCH", &format!("{KV_PATH}/kubevirt")).await;
     assert_kv_write(&r, "5", &[a.clone()]);
@@ -365,6 +329,5 @@ async fn moving_kubevirt_ref_takes_our_entries_out_of_the_old_cr() {
     server.status_apply("metrics").await;
     server.event().await;
     task.await.unwrap().unwrap();
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }

@@ -12,12 +12,11 @@ mod reconcile_support;
 use kube::runtime::controller::Action;
 use pretty_assertions::assert_eq;
 use reconcile_support::*;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 use kubevirt_metrics_operator::controller::metrics::WriteTarget;
-
-const CREATED: &str = "2026-01-01T00:00:00Z";
 
 fn deleting(mut policy: Value) -> Value {
     policy["metadata"]["deletionTimestamp"] = json!("2026-02-01T00:00:00Z");
@@ -31,12 +30,8 @@ async fn deletion_removes_exactly_our_entries_then_the_finalizer() {
     p["spec"]["components"]["virtOperator"] = json!({});
     let p = deleting(p);
     let ours = our_entries(&p);
-    let a = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
-    let other = {
-        let mut o = policy("other", CREATED);
-        o["metadata"]["namespace"] = json!("elsewhere");
-        our_entries(&o).remove(1)
-    };
+    let a = foreign_virt_api();
+    let other = other_policy_entries().remove(1);
     let before = vec![ours[0].clone(), a.clone(), ours[1].clone(), other.clone()];
     let task = spawn_reconcile(&p, &ctx);
 
@@ -56,10 +51,7 @@ async fn deletion_removes_exactly_our_entries_then_the_finalizer() {
     let r = server
         .expect("PATCH", &format!("{DEPLOY_PATH}/virt-operator"))
         .await;
-    assert_eq!(
-        r.query,
-        "&force=true&fieldManager=kubevirt-metrics-operator"
-    );
+    assert_eq!(r.query, APPLY_QUERY);
     assert_eq!(
         r.body.clone().unwrap(),
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "virt-operator", "namespace": "kubevirt"}})
@@ -81,27 +73,22 @@ async fn deletion_removes_exactly_our_entries_then_the_finalizer() {
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
     assert_eq!(ctx.metrics.writes(WriteTarget::KubeVirt), 1);
     assert_eq!(ctx.metrics.writes(WriteTarget::Deployment), 1);
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
 async fn deletion_with_nothing_of_ours_left_only_drops_the_finalizer() {
     let (ctx, mut server) = setup();
     let p = deleting(policy("metrics", CREATED));
-    let a = foreign("virt-api", r#"{"spec":{"replicas":3}}"#);
+    let a = foreign_virt_api();
     let task = spawn_reconcile(&p, &ctx);
     server
-        .lists(&[kubevirt("20", Some(vec![a]))], &[p.clone()])
-        .await;
-    server
-        .workloads(&[virt_handler(false)], &deployments(false))
+        .reads_without_sidecars(&[kubevirt("20", Some(vec![a]))], &[p.clone()])
         .await;
     let r = server.expect("PATCH", &format!("{MSP_PATH}/metrics")).await;
     r.ok(&p);
     task.await.unwrap().unwrap();
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 fn hco_owned_kubevirt(rv: &str) -> Value {
@@ -112,6 +99,20 @@ fn hco_owned_kubevirt(rv: &str) -> Value {
         "name": "kubevirt-hyperconverged", "uid": "hco-uid", "controller": true,
     }]);
     kv
+}
+
+fn hco_path() -> String {
+    format!("{HCO_PATH}/kubevirt-hyperconverged")
+}
+
+/// The JSON patch operations in a HyperConverged write's annotation.
+fn jsonpatch_annotation<T: DeserializeOwned>(body: &Value) -> T {
+    serde_json::from_str(
+        body["metadata"]["annotations"]["kubevirt.kubevirt.io/jsonpatch"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn hyperconverged(rv: &str, annotation: Option<&str>) -> Value {
@@ -137,30 +138,17 @@ async fn a_hyperconverged_owner_gets_the_annotation_and_the_kubevirt_cr_is_untou
     server
         .lists(&[hco_owned_kubevirt("30")], &[p.clone()])
         .await;
-    let r = server
-        .expect("GET", &format!("{HCO_PATH}/kubevirt-hyperconverged"))
-        .await;
+    let r = server.expect("GET", &hco_path()).await;
     r.ok(&hyperconverged("40", Some(foreign_op)));
     server
         .workloads(&[virt_handler(false)], &deployments(false))
         .await;
 
-    let r = server
-        .expect("PATCH", &format!("{HCO_PATH}/kubevirt-hyperconverged"))
-        .await;
-    assert_eq!(r.query, "&fieldManager=kubevirt-metrics-operator");
-    assert_eq!(
-        r.content_type.as_deref(),
-        Some("application/merge-patch+json")
-    );
+    let r = server.expect("PATCH", &hco_path()).await;
+    r.assert_merge_patch();
     let body = r.body.clone().unwrap();
     assert_eq!(body["metadata"]["resourceVersion"], "40");
-    let written: Vec<Value> = serde_json::from_str(
-        body["metadata"]["annotations"]["kubevirt.kubevirt.io/jsonpatch"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let written: Vec<Value> = jsonpatch_annotation(&body);
     let mut want: Vec<Value> = serde_json::from_str(foreign_op).unwrap();
     want.push(json!({"op": "add", "path": "/spec/customizeComponents/patches", "value": ours}));
     assert_eq!(
@@ -184,8 +172,7 @@ async fn a_hyperconverged_owner_gets_the_annotation_and_the_kubevirt_cr_is_untou
     task.await.unwrap().unwrap();
     assert_eq!(ctx.metrics.writes(WriteTarget::HyperConverged), 1);
     assert_eq!(ctx.metrics.writes(WriteTarget::KubeVirt), 0);
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -201,20 +188,13 @@ async fn deleting_under_hco_removes_our_operations_only() {
         .lists(&[hco_owned_kubevirt("30")], &[p.clone()])
         .await;
     server
-        .expect("GET", &format!("{HCO_PATH}/kubevirt-hyperconverged"))
+        .expect("GET", &hco_path())
         .await
         .ok(&hyperconverged("40", Some(&current)));
-    let r = server
-        .expect("PATCH", &format!("{HCO_PATH}/kubevirt-hyperconverged"))
-        .await;
+    let r = server.expect("PATCH", &hco_path()).await;
     let body = r.body.clone().unwrap();
     assert_eq!(body["metadata"]["resourceVersion"], "40");
-    let left: Value = serde_json::from_str(
-        body["metadata"]["annotations"]["kubevirt.kubevirt.io/jsonpatch"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let left: Value = jsonpatch_annotation(&body);
     assert_eq!(left, json!([foreign_op]));
     r.ok(&hyperconverged("41", None));
     server
@@ -226,8 +206,7 @@ async fn deleting_under_hco_removes_our_operations_only() {
         .await
         .ok(&p);
     task.await.unwrap().unwrap();
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -250,8 +229,7 @@ async fn a_paused_policy_writes_only_its_status() {
         ctx.metrics.writes(WriteTarget::KubeVirt) + ctx.metrics.writes(WriteTarget::Deployment),
         0
     );
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -271,8 +249,7 @@ async fn a_paused_policy_gets_no_finalizer_and_keeps_stale_entries() {
     assert_eq!(condition(&status, "Ready")["reason"], "Paused");
     server.event().await;
     task.await.unwrap().unwrap();
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -292,8 +269,7 @@ async fn deleting_a_paused_policy_leaves_everything_and_warns() {
         .await
         .ok(&p);
     task.await.unwrap().unwrap();
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -334,8 +310,7 @@ async fn the_younger_of_two_policies_changes_nothing_and_says_why() {
         .lists(&[kubevirt("5", None)], &[again.clone(), older])
         .await;
     task.await.unwrap().unwrap();
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -361,8 +336,7 @@ async fn a_kubevirt_cr_that_is_not_deployed_is_waited_for() {
         task.await.unwrap().unwrap(),
         Action::requeue(Duration::from_secs(30))
     );
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }
 
 #[tokio::test]
@@ -376,6 +350,5 @@ async fn no_kubevirt_cr_at_all_is_reported() {
     assert_eq!(condition(&status, "Degraded")["status"], "True");
     server.event().await;
     task.await.unwrap().unwrap();
-    drop(ctx);
-    server.done().await;
+    server.done(ctx).await;
 }

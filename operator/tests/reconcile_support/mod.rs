@@ -23,6 +23,8 @@ use kubevirt_metrics_operator::controller::{Context, ReconcileError, Settings, r
 pub const NS: &str = "kubevirt";
 pub const IMAGE: &str = "quay.io/kubevirt/metrics-sidecars:v0.1.0";
 pub const OWNER: &str = "kubevirt/metrics";
+/// The creationTimestamp of the test policies (the older one, where two compete).
+pub const CREATED: &str = "2026-01-01T00:00:00Z";
 
 pub const KV_PATH: &str = "/apis/kubevirt.io/v1/namespaces/kubevirt/kubevirts";
 pub const MSP_PATH: &str =
@@ -31,6 +33,10 @@ pub const DS_PATH: &str = "/apis/apps/v1/namespaces/kubevirt/daemonsets";
 pub const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/kubevirt/deployments";
 pub const HCO_PATH: &str = "/apis/hco.kubevirt.io/v1beta1/namespaces/kubevirt/hyperconvergeds";
 pub const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/kubevirt/events";
+
+/// The query of a server-side apply (forced) and of a merge patch by this operator.
+pub const APPLY_QUERY: &str = "&force=true&fieldManager=kubevirt-metrics-operator";
+pub const PATCH_QUERY: &str = "&fieldManager=kubevirt-metrics-operator";
 
 pub const DS_SELECTOR: &str = "&labelSelector=kubevirt.io%3Dvirt-handler";
 pub const DEPLOY_SELECTOR: &str =
@@ -74,6 +80,24 @@ impl Received {
                 "message": format!("Operation cannot be fulfilled on {what}: the object has been modified; please apply your changes to the latest version and try again"),
                 "reason": "Conflict", "code": 409,
             }),
+        );
+    }
+
+    /// Asserts a forced server-side apply by this operator.
+    pub fn assert_server_side_apply(&self) {
+        assert_eq!(self.query, APPLY_QUERY);
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/apply-patch+yaml")
+        );
+    }
+
+    /// Asserts a JSON merge patch by this operator.
+    pub fn assert_merge_patch(&self) {
+        assert_eq!(self.query, PATCH_QUERY);
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/merge-patch+json")
         );
     }
 
@@ -165,6 +189,13 @@ impl Server {
             .await;
     }
 
+    /// The four reads, before any sidecar is rolled out.
+    pub async fn reads_without_sidecars(&mut self, kubevirts: &[Value], policies: &[Value]) {
+        self.lists(kubevirts, policies).await;
+        self.workloads(&[virt_handler(false)], &deployments(false))
+            .await;
+    }
+
     pub async fn lists(&mut self, kubevirts: &[Value], policies: &[Value]) {
         let r = self.expect("GET", KV_PATH).await;
         assert_eq!(r.query, "");
@@ -192,14 +223,7 @@ impl Server {
         let r = self
             .expect("PATCH", &format!("{MSP_PATH}/{policy}/status"))
             .await;
-        assert_eq!(
-            r.query,
-            "&force=true&fieldManager=kubevirt-metrics-operator"
-        );
-        assert_eq!(
-            r.content_type.as_deref(),
-            Some("application/apply-patch+yaml")
-        );
+        r.assert_server_side_apply();
         let body = r.body.clone().unwrap();
         assert_eq!(body["apiVersion"], "metrics.kubevirt.io/v1alpha1");
         assert_eq!(body["kind"], "MetricsSidecarPolicy");
@@ -226,8 +250,10 @@ impl Server {
         out
     }
 
-    /// After the reconcile ended and every client clone is dropped: nothing else was sent.
-    pub async fn done(mut self) {
+    /// After the reconcile ended: drops the context (the last client clone), then asserts
+    /// that nothing else was sent.
+    pub async fn done(mut self, ctx: Arc<Context>) {
+        drop(ctx);
         match tokio::time::timeout(Duration::from_secs(2), self.handle.next_request()).await {
             Ok(None) => {}
             Ok(Some((request, _))) => panic!(
@@ -236,7 +262,7 @@ impl Server {
                 request.uri(),
                 self.log
             ),
-            Err(_) => panic!("a client is still alive (drop the context before done())"),
+            Err(_) => panic!("a client is still alive (a clone of the context outlived the test)"),
         }
     }
 }
@@ -349,6 +375,18 @@ pub fn virt_operator_with_marker(owner: &str) -> Value {
 /// A foreign entry, as a user or GitOps tool might have written it.
 pub fn foreign(name: &str, patch: &str) -> Value {
     json!({"resourceName": name, "resourceType": "Deployment", "patch": patch, "type": "strategic"})
+}
+
+/// The foreign entry most tests keep: virt-api with 3 replicas.
+pub fn foreign_virt_api() -> Value {
+    foreign("virt-api", r#"{"spec":{"replicas":3}}"#)
+}
+
+/// The entries of a policy named "other" in another namespace (a different marker owner).
+pub fn other_policy_entries() -> Vec<Value> {
+    let mut other = policy("other", CREATED);
+    other["metadata"]["namespace"] = json!("elsewhere");
+    our_entries(&other)
 }
 
 /// Our entries for `policy`, as the plan builds them (the plan is golden-tested on its own).
