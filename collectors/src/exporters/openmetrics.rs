@@ -21,9 +21,9 @@
 
 use std::fmt::Write;
 
-use crate::exposition::{Family, LabelName, MetricType, Sample, client_golang_order};
+use crate::exposition::{Family, MetricType, Sample, client_golang_order};
 
-use super::text::{escape_label_value, format_float};
+use super::text::{escape_label_value, format_float, write_labels, write_metadata};
 
 /// The `Content-Type` of OpenMetrics 1.0.0 responses.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -34,18 +34,14 @@ pub fn encode(families: &[Family]) -> String {
     let mut out = String::with_capacity(estimate_len(families));
     for (family, samples) in client_golang_order(families) {
         let (meta_name, type_word) = metadata(family);
-        if !family.help.is_empty() {
-            out.push_str("# HELP ");
-            out.push_str(meta_name);
-            out.push(' ');
-            escape_label_value(&mut out, &family.help);
-            out.push('\n');
-        }
-        out.push_str("# TYPE ");
-        out.push_str(meta_name);
-        out.push(' ');
-        out.push_str(type_word);
-        out.push('\n');
+        // HELP escapes `"` too: the label value escaping.
+        write_metadata(
+            &mut out,
+            meta_name,
+            &family.help,
+            type_word,
+            escape_label_value,
+        );
         for sample in samples {
             write_sample(&mut out, family, sample);
         }
@@ -71,7 +67,13 @@ fn metadata(family: &Family) -> (&str, &'static str) {
 fn write_sample(out: &mut String, family: &Family, sample: &Sample) {
     out.push_str(&family.name);
     out.push_str(sample.suffix);
-    write_labels(out, family.kind, &sample.labels);
+    write_labels(out, &sample.labels, |out, name, value| {
+        if is_bound_label(family.kind, name) {
+            push_bound(out, value);
+        } else {
+            escape_label_value(out, value);
+        }
+    });
     out.push(' ');
     if is_count(family.kind, sample.suffix) {
         push_count(out, sample.value);
@@ -83,27 +85,6 @@ fn write_sample(out: &mut String, family: &Family, sample: &Sample) {
         push_om_float(out, ms as f64 / 1000.0);
     }
     out.push('\n');
-}
-
-fn write_labels(out: &mut String, kind: MetricType, labels: &[(LabelName, String)]) {
-    if labels.is_empty() {
-        return;
-    }
-    out.push('{');
-    for (i, (name, value)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(name);
-        out.push_str("=\"");
-        if is_bound_label(kind, name) {
-            push_bound(out, value);
-        } else {
-            escape_label_value(out, value);
-        }
-        out.push('"');
-    }
-    out.push('}');
 }
 
 /// `le` of a histogram and `quantile` of a summary are floats, written OpenMetrics style.
@@ -168,7 +149,7 @@ fn estimate_len(families: &[Family]) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::exposition::{MetricType, Sample};
+    use crate::exposition::{LabelName, MetricType, Sample};
 
     fn bucket(labels: &[(&'static str, &str)], le: &str, v: f64) -> Sample {
         let mut l: Vec<(LabelName, String)> = labels

@@ -14,24 +14,19 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub fn encode(families: &[Family]) -> String {
     let mut out = String::with_capacity(estimate_len(families));
     for (family, samples) in client_golang_order(families) {
-        // client_golang writes no HELP line for a family without help (relayed families
-        // parsed from an exposition that had none).
-        if !family.help.is_empty() {
-            out.push_str("# HELP ");
-            out.push_str(&family.name);
-            out.push(' ');
-            escape_help(&mut out, &family.help);
-            out.push('\n');
-        }
-        out.push_str("# TYPE ");
-        out.push_str(&family.name);
-        out.push(' ');
-        out.push_str(family.kind.as_str());
-        out.push('\n');
+        write_metadata(
+            &mut out,
+            &family.name,
+            &family.help,
+            family.kind.as_str(),
+            escape_help,
+        );
         for sample in samples {
             out.push_str(&family.name);
             out.push_str(sample.suffix);
-            write_labels(&mut out, &sample.labels);
+            write_labels(&mut out, &sample.labels, |out, _, value| {
+                escape_label_value(out, value)
+            });
             out.push(' ');
             push_float(&mut out, sample.value);
             if let Some(ts) = sample.timestamp_ms {
@@ -51,7 +46,37 @@ fn estimate_len(families: &[Family]) -> usize {
         .sum()
 }
 
-fn write_labels(out: &mut String, labels: &[(crate::exposition::LabelName, String)]) {
+/// The `# HELP` and `# TYPE` lines of a family; `escape` is the format's HELP escaping.
+pub(crate) fn write_metadata(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    type_word: &str,
+    escape: fn(&mut String, &str),
+) {
+    // client_golang writes no HELP line for a family without help (relayed families
+    // parsed from an exposition that had none).
+    if !help.is_empty() {
+        out.push_str("# HELP ");
+        out.push_str(name);
+        out.push(' ');
+        escape(out, help);
+        out.push('\n');
+    }
+    out.push_str("# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(type_word);
+    out.push('\n');
+}
+
+/// `{name="value",...}` (nothing for no labels); `write_value(out, name, value)` writes
+/// each value, escaped, between the quotes.
+pub(crate) fn write_labels(
+    out: &mut String,
+    labels: &[(crate::exposition::LabelName, String)],
+    write_value: impl Fn(&mut String, &str, &str),
+) {
     if labels.is_empty() {
         return;
     }
@@ -62,7 +87,7 @@ fn write_labels(out: &mut String, labels: &[(crate::exposition::LabelName, Strin
         }
         out.push_str(name);
         out.push_str("=\"");
-        escape_label_value(out, value);
+        write_value(out, name, value);
         out.push('"');
     }
     out.push('}');
