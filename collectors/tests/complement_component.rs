@@ -168,10 +168,7 @@ async fn complement_publishes_only_what_the_component_lacks_and_keeps_that_when_
     .unwrap();
     let base = format!("http://{}", running.local_addr());
     let client = http_client();
-    wait_until(Duration::from_secs(10), "readiness", || async {
-        get_text(&client, &format!("{base}/readyz")).await.0 == 200
-    })
-    .await;
+    wait_ready(&client, &base).await;
 
     let body = metrics(&base).await;
     assert_eq!(collector_family_names(&body), [MISSING]);

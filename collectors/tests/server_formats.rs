@@ -31,10 +31,7 @@ async fn started_full() -> (runtime::Running, String, Arc<ScriptedCollector>) {
         .unwrap();
     let base = format!("http://{}", running.local_addr());
     let client = http_client();
-    wait_until(Duration::from_secs(10), "readiness", || async {
-        get_text(&client, &format!("{base}/readyz")).await.0 == 200
-    })
-    .await;
+    wait_ready(&client, &base).await;
     (running, base, collector)
 }
 
@@ -224,10 +221,7 @@ async fn readiness_waits_for_the_first_collection_and_not_for_the_component() {
     ));
 
     gate.notify_one();
-    wait_until(Duration::from_secs(10), "readiness", || async {
-        get_text(&client, &format!("{base}/readyz")).await.0 == 200
-    })
-    .await;
+    wait_ready(&client, &base).await;
 
     // Ready although the component never answered; nothing of the collector is published.
     let (_, body) = get_text(&client, &format!("{base}/metrics")).await;

@@ -212,6 +212,14 @@ where
     }
 }
 
+/// Waits (10 s at most) until the server at `base` answers `/readyz` with 200.
+pub async fn wait_ready(client: &reqwest::Client, base: &str) {
+    wait_until(Duration::from_secs(10), "readiness", || async {
+        get_text(client, &format!("{base}/readyz")).await.0 == 200
+    })
+    .await;
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
