@@ -10,7 +10,7 @@ test:
 
 # Regenerate the committed CRD YAML from the Rust types.
 crd:
-    cargo run -q -p kubevirt-metrics-operator -- crd > crds/metricssidecarpolicies.yaml
+    cargo run -q -p kubevirt-metrics-operator -- crd > crds/metricssidecarpolicies.metrics.kubevirt.io.yaml
 
 # Rewrite golden files after an intended output change (review the diff!).
 update-golden:
