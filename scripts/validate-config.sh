@@ -22,7 +22,7 @@ fi
 out=.work/config
 mkdir -p "$out"
 status=0
-for tree in config/default config/samples config/crd config/rbac config/manager; do
+for tree in config/default config/samples config/crd config/rbac config/manager config/prometheus; do
   name="$(echo "$tree" | tr '/' '-')"
   if ! "$kubectl" kustomize "$tree" > "$out/$name.yaml"; then
     echo "FAIL: kubectl kustomize $tree" >&2
@@ -68,5 +68,32 @@ if problems:
     sys.exit(1)
 print("manager hardening and RBAC (no wildcards): ok")
 PY
+# Custom resources (the sample policies, the PodMonitor) have no schema in
+# kubernetes-validate: check them against their CRDs' openAPIV3Schema (structure and types;
+# the policy's CEL rules are tested in operator/tests/crd_cel.rs).
+python3 - "$out" <<'PY' || status=1
+import glob, sys, yaml, jsonschema
+crds = {}
+for path in ["crds/metricssidecarpolicies.metrics.kubevirt.io.yaml", "testdata/prometheus-operator/crds.yaml"]:
+    for doc in yaml.safe_load_all(open(path)):
+        if doc and doc.get("kind") == "CustomResourceDefinition":
+            for version in doc["spec"]["versions"]:
+                key = (doc["spec"]["group"] + "/" + version["name"], doc["spec"]["names"]["kind"])
+                crds[key] = version["schema"]["openAPIV3Schema"]
+failed = checked = 0
+for path in sorted(glob.glob(sys.argv[1] + "/*.yaml")) + sorted(glob.glob("config/samples/metrics_*.yaml")):
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc or (doc.get("apiVersion"), doc.get("kind")) not in crds:
+            continue
+        checked += 1
+        try:
+            jsonschema.validate(doc, crds[(doc["apiVersion"], doc["kind"])])
+        except jsonschema.ValidationError as error:
+            failed += 1
+            print(f"FAIL: {path}: {doc['kind']}/{doc['metadata']['name']}: {error.message}", file=sys.stderr)
+print(f"custom resources checked against their CRD schemas: {checked}, failed: {failed}")
+sys.exit(1 if failed or not checked else 0)
+PY
+
 [ "$status" -eq 0 ] && echo "config OK (Kubernetes $k8s_version)"
 exit "$status"
