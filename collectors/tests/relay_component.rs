@@ -101,24 +101,13 @@ async fn full_mode_serves_the_component_bytes_plus_self_metrics() {
     let body = fixture("virt-operator.prom");
     let setup = setup(body.clone()).await;
     let relay = RelayCollector::new(setup.client(Duration::from_secs(2)), Vec::new());
-    let running = runtime::start(
+    let served = serve_until(
         "virt-operator-metrics",
         &setup.args(Mode::Full),
-        std::sync::Arc::new(relay),
+        relay,
+        "kubevirt_configuration_emulation_enabled",
     )
-    .await
-    .expect("sidecar starts");
-    let url = format!("http://{}/metrics", running.local_addr());
-    let client = server_support::http_client();
-    let mut served = String::new();
-    for _ in 0..100 {
-        served = server_support::get_text(&client, &url).await.1;
-        if served.contains("kubevirt_configuration_emulation_enabled") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    running.stop().await.expect("stops");
+    .await;
     let relayed: Vec<_> = component::parse(&served)
         .expect("served text parses")
         .into_iter()
@@ -134,24 +123,13 @@ async fn complement_mode_serves_only_the_backport() {
         setup.client(Duration::from_secs(2)),
         vec![Backport::ApiReadyStatus],
     );
-    let running = runtime::start(
+    let served = serve_until(
         "virt-api-metrics",
         &setup.args(Mode::Complement),
-        std::sync::Arc::new(relay),
+        relay,
+        "kubevirt_virt_api_ready_status",
     )
-    .await
-    .expect("sidecar starts");
-    let url = format!("http://{}/metrics", running.local_addr());
-    let client = server_support::http_client();
-    let mut served = String::new();
-    for _ in 0..100 {
-        served = server_support::get_text(&client, &url).await.1;
-        if served.contains("kubevirt_virt_api_ready_status") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    running.stop().await.expect("stops");
+    .await;
     let names: Vec<String> = server_support::type_names(&served)
         .into_iter()
         .filter(|n| !n.starts_with("kubevirt_metrics_sidecar_"))
@@ -261,4 +239,29 @@ async fn faults_are_reported_and_nothing_stale_is_relayed() {
     let collection = relay.collect(deadline()).await;
     assert!(collection.families.is_empty());
     assert_eq!(collection.problems[0].kind, "connect");
+}
+
+/// Runs the relay as a sidecar, scrapes its /metrics until `needle` shows up (at most 5 s),
+/// stops it and returns the last body served.
+async fn serve_until(
+    name: &'static str,
+    args: &CommonArgs,
+    relay: RelayCollector,
+    needle: &str,
+) -> String {
+    let running = runtime::start(name, args, std::sync::Arc::new(relay))
+        .await
+        .expect("sidecar starts");
+    let url = format!("http://{}/metrics", running.local_addr());
+    let client = server_support::http_client();
+    let mut served = String::new();
+    for _ in 0..100 {
+        served = server_support::get_text(&client, &url).await.1;
+        if served.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await.expect("stops");
+    served
 }
