@@ -283,5 +283,4 @@ fn push(args: &mut Vec<String>, flag: &str, value: String) {
 }
 
 mod control_plane;
-#[allow(unused_imports)]
 pub use control_plane::*;
