@@ -34,7 +34,8 @@ const WAIT: Duration = Duration::from_secs(60);
 fn resource(kind: &str) -> Option<(&'static str, &'static str, &'static str, bool, bool)> {
     Some(match kind {
         "VirtualMachine" => ("kubevirt.io", "v1", "virtualmachines", true, true),
-        "VirtualMachineInstance" => ("kubevirt.io", "v1", "virtualmachineinstances", true, true),
+        // KubeVirt's VMI CRD has no status subresource: the status travels with the object.
+        "VirtualMachineInstance" => ("kubevirt.io", "v1", "virtualmachineinstances", true, false),
         "VirtualMachineInstanceMigration" => (
             "kubevirt.io",
             "v1",

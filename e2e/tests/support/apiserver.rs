@@ -96,7 +96,10 @@ struct Certs {
     ca: PathBuf,
     serving_cert: PathBuf,
     serving_key: PathBuf,
+    /// The signing key (PKCS#8, accepted by `--service-account-signing-key-file`).
     service_account_key: PathBuf,
+    /// Its public half: `--service-account-key-file` rejects a PKCS#8 EC private key.
+    service_account_public_key: PathBuf,
 }
 
 fn write_certs(dir: &Path) -> anyhow::Result<Certs> {
@@ -133,6 +136,7 @@ fn write_certs(dir: &Path) -> anyhow::Result<Certs> {
         serving_cert: dir.join("apiserver.crt"),
         serving_key: dir.join("apiserver.key"),
         service_account_key: dir.join("sa.key"),
+        service_account_public_key: dir.join("sa.pub"),
     };
     fs::write(&certs.ca, ca_cert.pem())?;
     fs::write(&certs.serving_cert, serving_cert.pem())?;
@@ -140,6 +144,10 @@ fn write_certs(dir: &Path) -> anyhow::Result<Certs> {
     fs::write(
         &certs.service_account_key,
         service_account_key.serialize_pem(),
+    )?;
+    fs::write(
+        &certs.service_account_public_key,
+        service_account_key.public_key_pem(),
     )?;
     Ok(certs)
 }
@@ -179,6 +187,7 @@ pub async fn self_check(dir: &Path) -> anyhow::Result<Client> {
         &certs.serving_cert,
         &certs.serving_key,
         &certs.service_account_key,
+        &certs.service_account_public_key,
     ] {
         let text = fs::read_to_string(file)?;
         anyhow::ensure!(
@@ -269,7 +278,7 @@ async fn start_local(assets: &Path) -> anyhow::Result<ApiServer> {
         format!("--service-account-issuer=https://127.0.0.1:{secure_port}"),
         format!(
             "--service-account-key-file={}",
-            certs.service_account_key.display()
+            certs.service_account_public_key.display()
         ),
         format!(
             "--service-account-signing-key-file={}",

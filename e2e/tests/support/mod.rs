@@ -121,7 +121,12 @@ fn our_crds() -> anyhow::Result<Vec<Value>> {
             "crds/{}",
             file.file_name().unwrap_or_default().to_string_lossy()
         );
-        out.extend(documents(&relative)?);
+        // crds/ also holds its kustomization.yaml: only CRDs are applied.
+        out.extend(
+            documents(&relative)?
+                .into_iter()
+                .filter(|doc| doc["kind"] == "CustomResourceDefinition"),
+        );
     }
     if out.is_empty() {
         bail!("no CRD YAML under crds/ (run `kubevirt-metrics-operator crd > crds/...`)");
