@@ -1,6 +1,7 @@
-//! The launcher source against fake virt-launchers: real gRPC servers from KubeVirt's cmd
-//! protos on unix sockets, under a temporary directory laid out like the kubelet's pods
-//! directory, serving payloads captured from a real guest. No Kubernetes API server: the
+//! The launcher source against fake virt-launchers: real gRPC servers on unix sockets, under
+//! a temporary directory laid out like the kubelet's pods directory, whose replies are
+//! encoded from KubeVirt's protocol facts (`testdata/launcher-protocol/`, not our protos)
+//! and carry payloads captured from a real guest. No Kubernetes API server: the
 //! VMIs come from a `StaticVmis`.
 
 #![allow(clippy::unwrap_used)]
@@ -324,12 +325,12 @@ async fn in_band_failure_and_grpc_errors_are_problems() {
         pods.path(),
         POD_OTHER,
         Script {
-            cmd_versions: vec!["1".to_owned()],
             domain_stats: Reply::InBandFailure(
                 "virError(Code=42, Message='Domain not found')".to_owned(),
             ),
             filesystems: Reply::Value("null".to_owned()),
             dirty_rate_mbs: Reply::Status(tonic::Code::Internal, "dirty rate failed".to_owned()),
+            ..Script::serving("", "", 0)
         },
     );
     let db = db_launcher(pods.path());
@@ -475,7 +476,7 @@ async fn the_unresponsive_marker_skips_the_launcher() {
 async fn a_launcher_without_cmd_v1_is_a_version_problem() {
     let pods = pods_dir();
     let mut script = Script::serving(&payload("captured-domainstats-testvm.json"), "null", 0);
-    script.cmd_versions = vec!["2".to_owned()];
+    script.cmd_versions = vec![2];
     let future = FakeLauncher::start(pods.path(), POD_TESTVM, script);
     let (source, _) = source(
         pods.path(),
@@ -484,14 +485,94 @@ async fn a_launcher_without_cmd_v1_is_a_version_problem() {
     );
     let report = pass(&source, Duration::from_secs(10)).await;
     assert_eq!(kinds(&report), [("launcher", "version", "default/testvm")]);
-    assert!(
-        report.problems[0].message.contains("[\"2\"]"),
-        "{:?}",
-        report.problems[0]
+    assert_eq!(
+        report.problems[0].message,
+        "launcher offers cmd versions [2]; we support [1]"
     );
     assert_eq!(Calls::get(&future.calls.info), 1);
     assert_eq!(Calls::get(&future.calls.domain_stats), 0);
     assert_eq!(source.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn negotiation_takes_the_highest_version_both_sides_speak() {
+    let pods = pods_dir();
+    let mut script = Script::serving(&payload("captured-domainstats-testvm.json"), "null", 0);
+    // A future launcher that still serves v1 next to newer versions.
+    script.cmd_versions = vec![3, 1, 2];
+    let _launcher = FakeLauncher::start(pods.path(), POD_TESTVM, script);
+    let (source, _) = source(
+        pods.path(),
+        vec![vmi("default", "testvm", POD_TESTVM, "Running")],
+        Duration::from_secs(5),
+    );
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), []);
+    assert_eq!(names(&report), ["default/testvm"]);
+}
+
+#[tokio::test]
+async fn a_reply_of_another_type_is_a_protocol_problem_that_says_where() {
+    let pods = pods_dir();
+    let mut script = Script::serving(&payload("captured-domainstats-testvm.json"), "null", 0);
+    // Field 1 of the Info reply as a 32-bit fixed value instead of KubeVirt's varints.
+    script.protocol = script.protocol.retyped(
+        "kubevirt.cmd.info.CmdInfoResponse",
+        "supportedCmdVersions",
+        "fixed32",
+        "singular",
+    );
+    let _odd = FakeLauncher::start(pods.path(), POD_TESTVM, script);
+    let db = db_launcher(pods.path());
+    let (source, _) = source(
+        pods.path(),
+        vec![
+            vmi("default", "testvm", POD_TESTVM, "Running"),
+            vmi("prod", "db-1", POD_DB, "Running"),
+        ],
+        Duration::from_secs(5),
+    );
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), [("launcher", "protocol", "default/testvm")]);
+    let message = &report.problems[0].message;
+    assert!(
+        message.starts_with("Info reply does not decode as KubeVirt's message: ")
+            && message.contains("CmdInfoResponse.supported_cmd_versions")
+            && message.contains("wire type"),
+        "{message}"
+    );
+    assert_eq!(names(&report), ["prod/db-1"]);
+    assert_eq!(Calls::get(&db.calls.domain_stats), 1);
+}
+
+#[tokio::test]
+async fn a_kubevirt_v1_5_launcher_has_no_dirty_rate_and_that_is_no_problem() {
+    let pods = pods_dir();
+    let old = FakeLauncher::start(
+        pods.path(),
+        POD_DB,
+        Script::serving(
+            &payload("captured-domainstats-db.json"),
+            &payload("captured-filesystems-db.json"),
+            3,
+        )
+        .spoken_as("v1.5"),
+    );
+    let (source, _) = source(
+        pods.path(),
+        vec![vmi("prod", "db-1", POD_DB, "Running")],
+        Duration::from_secs(5),
+    );
+    for _ in 0..2 {
+        let report = pass(&source, Duration::from_secs(10)).await;
+        assert_eq!(kinds(&report), []);
+        assert_eq!(names(&report), ["prod/db-1"]);
+        assert_eq!(report.vmis[0].dirty_rate_mbs, None);
+        assert!(!report.vmis[0].filesystems.is_empty());
+    }
+    // The fake never routed the call: v1.5 has no such method.
+    assert_eq!(Calls::get(&old.calls.dirty_rate), 0);
+    assert_eq!(Calls::get(&old.calls.info), 1, "the connection is kept");
 }
 
 #[tokio::test]

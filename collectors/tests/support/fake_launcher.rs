@@ -1,24 +1,26 @@
-//! A fake virt-launcher: KubeVirt's `CmdInfo` and `Cmd` (v1) gRPC services, built from the
-//! same protos as the collector, listening on a unix socket laid out where the kubelet
-//! puts a launcher pod's `sockets` emptyDir. Each call answers as scripted, including
-//! never, in-band failure, and gRPC errors. Dropping it stops the server.
+//! A fake virt-launcher: KubeVirt's `CmdInfo` and `Cmd` (v1) gRPC services on a unix
+//! socket laid out where the kubelet puts a launcher pod's `sockets` emptyDir. Each call
+//! answers as scripted, including never, in-band failure, and gRPC errors.
+//!
+//! The replies are encoded from `testdata/launcher-protocol/` (KubeVirt's own field numbers
+//! and types, per release) by a hand-written encoder, never from the collector's generated
+//! code: a type we got wrong in `collectors/proto` then fails the tests instead of being
+//! shared by client and fake. The fake also serves only the methods the release has (a
+//! v1.5 launcher has no `GetDomainDirtyRateStats`). Dropping it stops the server.
 
 #![allow(dead_code, clippy::unwrap_used)]
+
+#[path = "launcher_fixture.rs"]
+pub mod launcher_fixture;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kubevirt_metrics_collectors::sources::launcher::proto::cmd_v1::{
-    self, DirtyRateStatsResponse, DomainResponse, DomainStatsResponse, EmptyRequest,
-    GuestFilesystemsResponse,
-    cmd_server::{Cmd, CmdServer},
-};
-use kubevirt_metrics_collectors::sources::launcher::proto::info::{
-    CmdInfoRequest, CmdInfoResponse,
-    cmd_info_server::{CmdInfo, CmdInfoServer},
-};
+use bytes::{Buf, BufMut};
 use kubevirt_metrics_collectors::sources::launcher::socket;
+use launcher_fixture::{Method, Protocol, Value, encode};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 
 /// How one call is answered.
@@ -35,7 +37,10 @@ pub enum Reply<T> {
 
 #[derive(Debug, Clone)]
 pub struct Script {
-    pub cmd_versions: Vec<String>,
+    /// KubeVirt's protocol the fake speaks: a release from the fixture, which a test may
+    /// alter to play a launcher that sends something else.
+    pub protocol: Protocol,
+    pub cmd_versions: Vec<u32>,
     pub domain_stats: Reply<String>,
     pub filesystems: Reply<String>,
     pub dirty_rate_mbs: Reply<i64>,
@@ -44,7 +49,8 @@ pub struct Script {
 impl Script {
     pub fn serving(domain_stats: &str, filesystems: &str, dirty_rate_mbs: i64) -> Self {
         Self {
-            cmd_versions: vec!["1".to_owned()],
+            protocol: launcher_fixture::release(launcher_fixture::NEWEST),
+            cmd_versions: vec![1],
             domain_stats: Reply::Value(domain_stats.to_owned()),
             filesystems: Reply::Value(filesystems.to_owned()),
             dirty_rate_mbs: Reply::Value(dirty_rate_mbs),
@@ -53,11 +59,17 @@ impl Script {
 
     pub fn hanging() -> Self {
         Self {
-            cmd_versions: vec!["1".to_owned()],
             domain_stats: Reply::Hang,
             filesystems: Reply::Hang,
             dirty_rate_mbs: Reply::Hang,
+            ..Self::serving("", "", 0)
         }
+    }
+
+    /// The same, spoken as KubeVirt `release` (e.g. `v1.5`) defines the protocol.
+    pub fn spoken_as(mut self, release: &str) -> Self {
+        self.protocol = launcher_fixture::release(release);
+        self
     }
 }
 
@@ -101,18 +113,14 @@ impl FakeLauncher {
             tokio::net::UnixListener::bind(&socket).unwrap()
         };
         let calls = Arc::new(Calls::default());
-        let service = Launcher {
+        let launcher = Launcher {
             script: Arc::new(script),
             calls: Arc::clone(&calls),
         };
         runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let dispatch = Dispatch {
-                info: CmdInfoServer::new(service.clone()),
-                cmd: CmdServer::new(service),
-            };
             let served = tonic::transport::Server::builder()
-                .serve_with_incoming(dispatch, incoming)
+                .serve_with_incoming(launcher, incoming)
                 .await;
             if let Err(err) = served {
                 eprintln!("fake launcher stopped: {err}");
@@ -152,15 +160,60 @@ impl Drop for FakeLauncher {
     }
 }
 
-/// Routes a request to `CmdInfo` or `Cmd` by its path, as a gRPC server with both
-/// services registered would (tonic's router is a feature this crate does not enable).
-#[derive(Clone)]
-struct Dispatch {
-    info: CmdInfoServer<Launcher>,
-    cmd: CmdServer<Launcher>,
+/// Passes already-encoded messages through tonic's gRPC framing untouched: the bytes come
+/// from the fixture-driven encoder, and requests (all empty messages) are not decoded.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
 }
 
-impl tower::Service<http::Request<tonic::body::Body>> for Dispatch {
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let mut bytes = vec![0; src.remaining()];
+        src.copy_to_slice(&mut bytes);
+        Ok(Some(bytes))
+    }
+}
+
+#[derive(Clone)]
+struct Launcher {
+    script: Arc<Script>,
+    calls: Arc<Calls>,
+}
+
+impl tonic::server::NamedService for Launcher {
+    const NAME: &'static str = "kubevirt.cmd.v1.Cmd";
+}
+
+/// Routes by the gRPC path to the methods the scripted release has; anything else is
+/// `UNIMPLEMENTED`, as from a gRPC server that does not register the method.
+impl tower::Service<http::Request<tonic::body::Body>> for Launcher {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
     type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
@@ -173,120 +226,120 @@ impl tower::Service<http::Request<tonic::body::Body>> for Dispatch {
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request
-            .uri()
-            .path()
-            .starts_with("/kubevirt.cmd.info.CmdInfo/")
-        {
-            let mut info = self.info.clone();
-            Box::pin(async move { info.call(request).await })
-        } else {
-            let mut cmd = self.cmd.clone();
-            Box::pin(async move { cmd.call(request).await })
+        let path = request.uri().path().to_owned();
+        let method = self
+            .script
+            .protocol
+            .methods
+            .iter()
+            .find(|m| m.path() == path)
+            .cloned();
+        let launcher = self.clone();
+        Box::pin(async move {
+            let Some(method) = method else {
+                return Ok(Status::unimplemented(format!("unknown method {path}")).into_http());
+            };
+            let handler = tower::service_fn(move |_: Request<Vec<u8>>| {
+                let launcher = launcher.clone();
+                let method = method.clone();
+                async move { launcher.answer(&method).await.map(Response::new) }
+            });
+            Ok(tonic::server::Grpc::new(RawCodec)
+                .unary(handler, request)
+                .await)
+        })
+    }
+}
+
+impl Launcher {
+    /// The encoded reply to `method`, as scripted.
+    async fn answer(&self, method: &Method) -> Result<Vec<u8>, Status> {
+        let protocol = &self.script.protocol;
+        let output = &method.output[1..];
+        let script = &self.script;
+        match method.method.as_str() {
+            "Info" => {
+                self.calls.info.fetch_add(1, Ordering::SeqCst);
+                let mut versions = script
+                    .cmd_versions
+                    .iter()
+                    .map(|v| Value::Uint(u64::from(*v)));
+                // Repeated in KubeVirt; a test may play a launcher that sends one value.
+                let repeated = protocol.field(output, "supportedCmdVersions").label == "repeated";
+                let value = if repeated {
+                    Value::List(versions.collect())
+                } else {
+                    versions.next().unwrap_or(Value::Uint(0))
+                };
+                Ok(encode(protocol, output, &[("supportedCmdVersions", value)]))
+            }
+            "GetDomainStats" => {
+                self.calls.domain_stats.fetch_add(1, Ordering::SeqCst);
+                reply(
+                    protocol,
+                    output,
+                    "domainStats",
+                    &script.domain_stats,
+                    |json| Value::Str(json.clone()),
+                )
+                .await
+            }
+            "GetFilesystems" => {
+                self.calls.filesystems.fetch_add(1, Ordering::SeqCst);
+                reply(
+                    protocol,
+                    output,
+                    "guestFilesystemsResponse",
+                    &script.filesystems,
+                    |json| Value::Str(json.clone()),
+                )
+                .await
+            }
+            "GetDomainDirtyRateStats" => {
+                self.calls.dirty_rate.fetch_add(1, Ordering::SeqCst);
+                reply(
+                    protocol,
+                    output,
+                    "dirtyRateMbs",
+                    &script.dirty_rate_mbs,
+                    |mbs| Value::Int(*mbs),
+                )
+                .await
+            }
+            "Ping" => Ok(encode(protocol, output, &[("success", Value::Bool(true))])),
+            other => Err(Status::unimplemented(format!(
+                "{other} is not part of the fake"
+            ))),
         }
     }
 }
 
-#[derive(Clone)]
-struct Launcher {
-    script: Arc<Script>,
-    calls: Arc<Calls>,
-}
-
-/// Answers a call as scripted; `wrap` builds the reply message from the in-band response
-/// and the value.
-async fn answer<T: Clone, R>(
+/// Encodes `output` with its in-band `response` and, on success, the value in `field`
+/// (a failed call carries the field's zero value, which proto3 leaves out).
+async fn reply<T>(
+    protocol: &Protocol,
+    output: &str,
+    field: &'static str,
     reply: &Reply<T>,
-    wrap: impl FnOnce(cmd_v1::Response, Option<T>) -> R,
-) -> Result<Response<R>, Status> {
+    value: impl FnOnce(&T) -> Value,
+) -> Result<Vec<u8>, Status> {
+    let response = |success: bool, message: &str| {
+        (
+            "response",
+            Value::Message(vec![
+                ("success", Value::Bool(success)),
+                ("message", Value::Str(message.to_owned())),
+            ]),
+        )
+    };
     match reply {
-        Reply::Value(value) => Ok(Response::new(wrap(
-            cmd_v1::Response {
-                success: true,
-                message: String::new(),
-            },
-            Some(value.clone()),
-        ))),
-        Reply::InBandFailure(message) => Ok(Response::new(wrap(
-            cmd_v1::Response {
-                success: false,
-                message: message.clone(),
-            },
-            None,
-        ))),
+        Reply::Value(v) => Ok(encode(
+            protocol,
+            output,
+            &[response(true, ""), (field, value(v))],
+        )),
+        Reply::InBandFailure(message) => Ok(encode(protocol, output, &[response(false, message)])),
         Reply::Status(code, message) => Err(Status::new(*code, message.clone())),
         Reply::Hang => std::future::pending().await,
-    }
-}
-
-#[tonic::async_trait]
-impl CmdInfo for Launcher {
-    async fn info(&self, _: Request<CmdInfoRequest>) -> Result<Response<CmdInfoResponse>, Status> {
-        self.calls.info.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(CmdInfoResponse {
-            supported_cmd_versions: self.script.cmd_versions.clone(),
-            supported_kube_virt_api_versions: vec!["v1".to_owned()],
-            supported_domain_versions: vec!["v1".to_owned()],
-            supported_domain_stats_versions: vec!["v1".to_owned()],
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl Cmd for Launcher {
-    async fn get_domain(
-        &self,
-        _: Request<EmptyRequest>,
-    ) -> Result<Response<DomainResponse>, Status> {
-        Err(Status::unimplemented("not part of the fake"))
-    }
-
-    async fn get_domain_stats(
-        &self,
-        _: Request<EmptyRequest>,
-    ) -> Result<Response<DomainStatsResponse>, Status> {
-        self.calls.domain_stats.fetch_add(1, Ordering::SeqCst);
-        answer(&self.script.domain_stats, |response, json| {
-            DomainStatsResponse {
-                response: Some(response),
-                domain_stats: json.unwrap_or_default(),
-            }
-        })
-        .await
-    }
-
-    async fn get_filesystems(
-        &self,
-        _: Request<EmptyRequest>,
-    ) -> Result<Response<GuestFilesystemsResponse>, Status> {
-        self.calls.filesystems.fetch_add(1, Ordering::SeqCst);
-        answer(&self.script.filesystems, |response, json| {
-            GuestFilesystemsResponse {
-                response: Some(response),
-                guest_filesystems_response: json.unwrap_or_default(),
-            }
-        })
-        .await
-    }
-
-    async fn ping(&self, _: Request<EmptyRequest>) -> Result<Response<cmd_v1::Response>, Status> {
-        Ok(Response::new(cmd_v1::Response {
-            success: true,
-            message: String::new(),
-        }))
-    }
-
-    async fn get_domain_dirty_rate_stats(
-        &self,
-        _: Request<EmptyRequest>,
-    ) -> Result<Response<DirtyRateStatsResponse>, Status> {
-        self.calls.dirty_rate.fetch_add(1, Ordering::SeqCst);
-        answer(&self.script.dirty_rate_mbs, |response, mbs| {
-            DirtyRateStatsResponse {
-                response: Some(response),
-                dirty_rate_mbs: mbs.unwrap_or(-1),
-            }
-        })
-        .await
     }
 }

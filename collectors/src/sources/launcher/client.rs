@@ -1,13 +1,16 @@
 //! A client for one virt-launcher's command socket, and a pool that keeps them.
 //!
 //! Like virt-handler's cmd client: gRPC without TLS over the unix socket with authority
-//! `localhost`, `CmdInfo/Info` first to agree on cmd version 1, then `kubevirt.cmd.v1.Cmd`
-//! calls with per-call timeouts (5 s for the quick calls, 20 s for the dirty-rate
-//! calculation). Unlike virt-handler, which dials and negotiates on every scrape, a
+//! `localhost`, `CmdInfo/Info` first to agree on a cmd version (the highest the launcher
+//! offers that we speak, as KubeVirt's `GetHighestCompatibleVersion` picks it; only version
+//! 1 exists), then `kubevirt.cmd.v1.Cmd` calls with per-call timeouts (5 s for the quick
+//! calls, 20 s for the dirty-rate calculation). Unlike virt-handler, which dials and negotiates on every scrape, a
 //! connection is kept per socket across passes and dropped when it misbehaves.
 //!
 //! The launcher reports most failures in-band (`Response{success: false}` with gRPC status
-//! OK); newer launchers also answer with gRPC errors. Both become a [`ClientError`].
+//! OK); newer launchers also answer with gRPC errors. Both become a [`ClientError`], and so
+//! does a reply that does not decode as KubeVirt's message (a protocol mismatch), with what
+//! the launcher offered printed as it is.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -23,8 +26,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use super::proto::cmd_v1::{self, cmd_client::CmdClient};
 use super::proto::info::{CmdInfoRequest, cmd_info_client::CmdInfoClient};
 
-/// The one cmd protocol version this client speaks.
-pub const CMD_VERSION: &str = "1";
+/// The cmd protocol versions this client speaks (virt-handler's `supportedCmdVersions`).
+pub const SUPPORTED_CMD_VERSIONS: [u32; 1] = [1];
 
 /// Per-call limits; a call never outlives the deadline it is given either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +67,12 @@ pub enum ClientError {
     },
     #[error("launcher failed {call}: {message}")]
     Launcher { call: &'static str, message: String },
-    #[error(
-        "launcher supports cmd versions {offered:?}, this collector speaks only version {CMD_VERSION}"
-    )]
-    Version { offered: Vec<String> },
+    #[error("launcher offers cmd versions {offered:?}; we support {SUPPORTED_CMD_VERSIONS:?}")]
+    Version { offered: Vec<u32> },
+    /// The reply is not KubeVirt's message as we declare it: a field of another type than
+    /// ours, a malformed payload. Redialling will not help.
+    #[error("{call} reply does not decode as KubeVirt's message: {detail}")]
+    Protocol { call: &'static str, detail: String },
 }
 
 impl ClientError {
@@ -79,7 +84,14 @@ impl ClientError {
             Self::Rpc { .. } => "rpc",
             Self::Launcher { .. } => "launcher",
             Self::Version { .. } => "version",
+            Self::Protocol { .. } => "protocol",
         }
+    }
+
+    /// Whether the launcher does not know the call at all (`UNIMPLEMENTED`), e.g.
+    /// `GetDomainDirtyRateStats` on a KubeVirt v1.5 launcher, which predates it.
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, Self::Rpc { status, .. } if status.code() == tonic::Code::Unimplemented)
     }
 
     /// Whether the connection that produced this error should be thrown away. An in-band
@@ -88,7 +100,7 @@ impl ClientError {
     pub fn breaks_connection(&self) -> bool {
         match self {
             Self::Connect { .. } | Self::Timeout { .. } | Self::Version { .. } => true,
-            Self::Launcher { .. } => false,
+            Self::Launcher { .. } | Self::Protocol { .. } => false,
             Self::Rpc { status, .. } => matches!(
                 status.code(),
                 tonic::Code::Unavailable
@@ -108,7 +120,7 @@ pub struct LauncherClient {
 }
 
 impl LauncherClient {
-    /// Dials `socket` and agrees on cmd version 1, all before `deadline`.
+    /// Dials `socket` and agrees on a cmd version, all before `deadline`.
     pub async fn connect(
         socket: &Path,
         timeouts: RpcTimeouts,
@@ -185,12 +197,25 @@ async fn bounded<T>(
         {
             Err(ClientError::Timeout { call, after })
         }
+        Ok(Err(status)) if is_decode_failure(&status) => Err(ClientError::Protocol {
+            call,
+            detail: status.message().to_owned(),
+        }),
         Ok(Err(status)) => Err(ClientError::Rpc {
             call,
             status: Box::new(status),
         }),
         Ok(Ok(reply)) => Ok(reply.into_inner()),
     }
+}
+
+/// Whether tonic could not decode the reply into our message type (it reports that as
+/// `INTERNAL` with prost's error, which names the message and field).
+fn is_decode_failure(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Internal
+        && status
+            .message()
+            .starts_with("failed to decode Protobuf message")
 }
 
 /// Turns an in-band `Response{success: false}` into an error. A missing `Response` is
@@ -235,11 +260,21 @@ async fn negotiate(channel: Channel, after: Duration) -> Result<(), ClientError>
     }
     let reply = bounded(CALL, after, info.info(request)).await?;
     let offered = reply.supported_cmd_versions;
-    if offered.iter().any(|v| v.trim() == CMD_VERSION) {
-        Ok(())
-    } else {
-        Err(ClientError::Version { offered })
+    match highest_compatible(&offered, &SUPPORTED_CMD_VERSIONS) {
+        // Only cmd v1 exists; a future version would pick its own client here.
+        Some(1) => Ok(()),
+        Some(_) | None => Err(ClientError::Version { offered }),
     }
+}
+
+/// The highest version the launcher offers that we support, as KubeVirt's
+/// `GetHighestCompatibleVersion` picks it.
+pub fn highest_compatible(offered: &[u32], supported: &[u32]) -> Option<u32> {
+    offered
+        .iter()
+        .copied()
+        .filter(|v| supported.contains(v))
+        .max()
 }
 
 /// Negotiated clients by socket path, reused across passes.
@@ -285,5 +320,30 @@ impl ClientPool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, LauncherClient>> {
         self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_picks_the_highest_version_both_sides_know() {
+        assert_eq!(highest_compatible(&[1], &[1]), Some(1));
+        assert_eq!(highest_compatible(&[3, 1, 2], &[1, 2]), Some(2));
+        assert_eq!(highest_compatible(&[2], &[1]), None);
+        assert_eq!(highest_compatible(&[], &[1]), None);
+    }
+
+    #[test]
+    fn a_version_mismatch_prints_the_numbers() {
+        let err = ClientError::Version {
+            offered: vec![2, 3],
+        };
+        assert_eq!(
+            err.to_string(),
+            "launcher offers cmd versions [2, 3]; we support [1]"
+        );
+        assert_eq!(err.kind(), "version");
     }
 }

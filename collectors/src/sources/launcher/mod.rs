@@ -263,6 +263,11 @@ impl LauncherSource {
         };
         let dirty_rate_mbs = match dirty_rate {
             Some(Ok(mbs)) => Some(mbs),
+            // A KubeVirt v1.5 launcher has no such call (and its virt-handler no such metric).
+            Some(Err(err)) if err.is_unimplemented() => {
+                tracing::debug!(vmi = %vmi.key(), %err, "launcher predates the dirty-rate call");
+                None
+            }
             Some(Err(err)) => {
                 failed(&mut outcome, err);
                 None

@@ -1,5 +1,5 @@
-//! Generated code for KubeVirt's virt-launcher protocol (see `collectors/proto/` and
-//! `build.rs`). The server halves exist for the tests' fake launcher.
+//! Generated client code for KubeVirt's virt-launcher protocol (see `collectors/proto/` and
+//! `build.rs`).
 
 /// `kubevirt.cmd.info`: version negotiation (`CmdInfo/Info`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
