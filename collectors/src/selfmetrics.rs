@@ -40,6 +40,8 @@ pub struct SelfMetrics {
     targets: IntGauge,
     stale_dropped: IntCounter,
     component_check_failures: IntCounterVec,
+    component_scrapes: IntCounter,
+    component_probes: IntCounter,
     component_families: IntGauge,
     withheld_families: IntGauge,
     last_success: Gauge,
@@ -99,6 +101,14 @@ impl SelfMetrics {
             ),
             &["kind"],
         )?;
+        let component_scrapes = IntCounter::with_opts(Opts::new(
+            name("component_scrapes_total"),
+            "Requests for the co-located component's whole /metrics page (complement checks and relays).",
+        ))?;
+        let component_probes = IntCounter::with_opts(Opts::new(
+            name("component_probes_total"),
+            "Cheap /healthz requests to the co-located component between two reads of its /metrics (complement mode).",
+        ))?;
         let component_families = IntGauge::with_opts(Opts::new(
             name("component_families"),
             "Metric families the co-located component is known to serve (complement mode).",
@@ -128,6 +138,8 @@ impl SelfMetrics {
         registry.register(Box::new(targets.clone()))?;
         registry.register(Box::new(stale_dropped.clone()))?;
         registry.register(Box::new(component_check_failures.clone()))?;
+        registry.register(Box::new(component_scrapes.clone()))?;
+        registry.register(Box::new(component_probes.clone()))?;
         registry.register(Box::new(component_families.clone()))?;
         registry.register(Box::new(withheld_families.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
@@ -140,6 +152,8 @@ impl SelfMetrics {
             targets,
             stale_dropped,
             component_check_failures,
+            component_scrapes,
+            component_probes,
             component_families,
             withheld_families,
             last_success,
@@ -176,6 +190,14 @@ impl SelfMetrics {
         self.component_check_failures
             .with_label_values(&[kind])
             .inc();
+    }
+
+    pub fn add_component_scrapes(&self, scrapes: u64) {
+        self.component_scrapes.inc_by(scrapes);
+    }
+
+    pub fn count_component_probe(&self) {
+        self.component_probes.inc();
     }
 
     pub fn set_component_families(&self, known: usize) {

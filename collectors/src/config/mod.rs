@@ -15,6 +15,7 @@ use clap::{Args, Parser, ValueEnum};
 /// not named `metrics` in the pod (that name is taken by the component's port).
 pub const DEFAULT_PORT: u16 = 9443;
 pub const DEFAULT_COMPONENT_METRICS_URL: &str = "https://127.0.0.1:8443/metrics";
+pub const DEFAULT_COMPONENT_RECHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Mode {
@@ -88,6 +89,12 @@ pub struct CommonArgs {
     #[arg(long, env = "COLLECTOR_COMPONENT_INSECURE_SKIP_VERIFY")]
     pub component_insecure_skip_verify: bool,
 
+    /// Complement mode reads the component's whole /metrics at start (retrying until it
+    /// answers), after it was unreachable, when its /healthz reports a changed
+    /// configuration, and otherwise once per this period. In between it asks only /healthz.
+    #[arg(long, env = "COLLECTOR_COMPONENT_RECHECK_INTERVAL", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub component_recheck_interval: Duration,
+
     /// Serve HTTPS with this certificate (PEM); reloaded when the file changes.
     #[arg(
         long,
@@ -128,6 +135,7 @@ impl Default for CommonArgs {
             component_metrics_url: DEFAULT_COMPONENT_METRICS_URL.to_owned(),
             component_ca: None,
             component_insecure_skip_verify: false,
+            component_recheck_interval: DEFAULT_COMPONENT_RECHECK_INTERVAL,
             tls_cert: None,
             tls_key: None,
             interval: Duration::from_secs(30),
@@ -174,6 +182,13 @@ impl CommonArgs {
         }
         if self.component_insecure_skip_verify {
             args.push("--component-insecure-skip-verify".to_owned());
+        }
+        if self.component_recheck_interval != defaults.component_recheck_interval {
+            push(
+                &mut args,
+                "--component-recheck-interval",
+                humantime::format_duration(self.component_recheck_interval).to_string(),
+            );
         }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             push(&mut args, "--tls-cert", cert.display().to_string());
