@@ -50,7 +50,7 @@ use crate::component::{ComponentClient, ComponentEndpoint, ComponentError};
 use crate::config::{CommonArgs, LogFormat, Mode};
 use crate::exposition::Family;
 use crate::selfmetrics::{BuildInfo, SelfMetrics, SelfMetricsError};
-use crate::server::{Published, Server, ServerError, TlsFiles};
+use crate::server::{Published, Server, ServerError, ServerLimits, TlsFiles};
 
 /// How long past its deadline a collector may take before its pass is abandoned. Collectors
 /// should honour the deadline themselves; this only catches one that does not.
@@ -62,6 +62,8 @@ pub enum RuntimeError {
     ZeroInterval,
     #[error("--tls-cert and --tls-key must be given together")]
     IncompleteTls,
+    #[error("{0}")]
+    Limit(&'static str),
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
@@ -172,7 +174,7 @@ pub async fn start(
         }),
         Mode::Full => None,
     };
-    let server = Server::bind(common.listen_addr(), tls.as_ref()).await?;
+    let server = Server::bind(common.listen_addr(), tls.as_ref(), server_limits(common)?).await?;
     let local_addr = server.local_addr();
     tracing::info!(
         collector = name,
@@ -189,7 +191,11 @@ pub async fn start(
     let published = Published::new();
     published.publish(metrics.families());
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(server.serve(published.clone(), shutdown.child_token()));
+    let server = tokio::spawn(server.serve(
+        published.clone(),
+        Some(metrics.clone()),
+        shutdown.child_token(),
+    ));
     let collection_loop = CollectionLoop {
         collector,
         component,
@@ -210,6 +216,28 @@ pub async fn start(
         collection,
     })
 }
+
+/// The HTTP server's limits from the flags.
+fn server_limits(common: &CommonArgs) -> Result<ServerLimits, RuntimeError> {
+    if common.max_connections == 0 {
+        return Err(RuntimeError::Limit("--max-connections must be at least 1"));
+    }
+    if common.http_max_header_bytes < MIN_HEADER_BYTES {
+        return Err(RuntimeError::Limit(
+            "--http-max-header-bytes must be at least 1024",
+        ));
+    }
+    Ok(ServerLimits {
+        max_connections: common.max_connections,
+        idle_timeout: common.http_idle_timeout,
+        header_timeout: common.http_header_timeout,
+        write_timeout: common.http_write_timeout,
+        max_header_bytes: common.http_max_header_bytes,
+    })
+}
+
+/// Below this no real client's request fits (Prometheus sends about 300 bytes).
+const MIN_HEADER_BYTES: usize = 1024;
 
 async fn shutdown_signal() -> Result<(), RuntimeError> {
     use tokio::signal::unix::{SignalKind, signal};

@@ -3,7 +3,8 @@
 //!
 //! They are kept in a `prometheus` crate registry (counters, gauges, a histogram) and turned
 //! into [`Family`] values when a snapshot is published, so they leave through the same
-//! encoders as everything else. They change only once per collection pass, which keeps the
+//! encoders as everything else. They are read once per collection pass (the server's HTTP
+//! counters change in between, and show up with the next snapshot), which keeps the
 //! snapshot cache valid between passes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,6 +46,8 @@ pub struct SelfMetrics {
     component_families: IntGauge,
     withheld_families: IntGauge,
     last_success: Gauge,
+    http_refused: IntCounterVec,
+    http_connections: IntGauge,
 }
 
 impl std::fmt::Debug for SelfMetrics {
@@ -121,6 +124,17 @@ impl SelfMetrics {
             name("last_successful_collection_timestamp_seconds"),
             "Unix time at which the last collection pass finished within its deadline.",
         ))?;
+        let http_refused = IntCounterVec::new(
+            Opts::new(
+                name("http_refused_total"),
+                "HTTP connections or requests the sidecar's server refused or cut off, by reason: connection_limit, idle_evicted, idle_timeout, header_timeout, write_timeout, header_too_large, malformed, tls_handshake.",
+            ),
+            &["reason"],
+        )?;
+        let http_connections = IntGauge::with_opts(Opts::new(
+            name("http_connections"),
+            "HTTP connections open on the sidecar's server when the snapshot was published.",
+        ))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 name("build_info"),
@@ -143,6 +157,8 @@ impl SelfMetrics {
         registry.register(Box::new(component_families.clone()))?;
         registry.register(Box::new(withheld_families.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(http_refused.clone()))?;
+        registry.register(Box::new(http_connections.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -157,6 +173,8 @@ impl SelfMetrics {
             component_families,
             withheld_families,
             last_success,
+            http_refused,
+            http_connections,
         })
     }
 
@@ -208,6 +226,16 @@ impl SelfMetrics {
     pub fn set_withheld_families(&self, withheld: usize) {
         self.withheld_families
             .set(i64::try_from(withheld).unwrap_or(i64::MAX));
+    }
+
+    /// Counted by the server as it happens; published with the next snapshot.
+    pub fn count_http_refused(&self, reason: &str) {
+        self.http_refused.with_label_values(&[reason]).inc();
+    }
+
+    pub fn set_http_connections(&self, open: usize) {
+        self.http_connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     /// The current values, as families for the encoders.
