@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// First retry after a failed check; doubles per failure.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// First retry after a failed check; doubles per failure. (Extra passes keep the runtime's
+/// minimum gap of 2 s anyway.)
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// Retries never wait longer than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A changed identity triggers a re-check only if the last check is at least this many
@@ -143,6 +144,7 @@ impl CheckSchedule {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -174,7 +176,7 @@ mod tests {
                 schedule.retry_after().unwrap().as_secs()
             })
             .collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(waits, [2, 4, 8, 16, 30, 30, 30, 30]);
         assert_eq!(schedule.due(start, None), Some(Reason::First));
         schedule.succeeded(start, None);
         assert_eq!(schedule.retry_after(), None);
