@@ -32,7 +32,7 @@ const VMIS: &str = "/apis/kubevirt.io/v1/virtualmachineinstances";
 const INTERVAL: Duration = Duration::from_secs(3600);
 /// Far below one interval; generous for a busy 2-core machine (the watch's own retry
 /// backoff after a failed list is part of it).
-const FRESH_WITHIN: Duration = Duration::from_secs(20);
+const FRESH_WITHIN: Duration = Duration::from_secs(30);
 const POD_FIRST: &str = "8d2f2a4e-7c1b-4f6a-9f43-2b8e1f0c6d11";
 const POD_SECOND: &str = "2b7c9e31-0d4f-4e8a-8c65-9a1e7f3b5d22";
 
