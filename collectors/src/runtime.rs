@@ -14,12 +14,18 @@
 //! # }
 //! ```
 //!
-//! One pass: the [`Collector`] runs with a deadline of `--collection-timeout` while, in
-//! complement mode, the co-located component's `/metrics` is read. Then the families the
-//! component serves are withheld, the self-metrics are added, and the result is published as
-//! the snapshot every scrape is served from. `/readyz` turns 200 after the first pass,
-//! whatever the component did: a sidecar that never becomes ready would stall KubeVirt's
-//! rollout.
+//! One pass: the [`Collector`] runs with a deadline of `--collection-timeout`; then, in
+//! complement mode, the component is checked (its cheap `/healthz` every pass, its whole
+//! `/metrics` only when [`CheckSchedule`] says so, or never when the collector read that page
+//! itself). Then the families the component serves are withheld, the self-metrics are added,
+//! and the result is published as the snapshot every scrape is served from. `/readyz` turns
+//! 200 after the first pass, whatever the component did: a sidecar that never becomes ready
+//! would stall KubeVirt's rollout.
+//!
+//! Passes run on the interval tick, and also ahead of it: when the collector's [`Trigger`]
+//! fires (the VMI watch has synced, a VMI started; coalesced over [`TRIGGER_DEBOUNCE`]), and
+//! while a component check is owed (with backoff). Those extra passes keep [`MIN_PASS_GAP`]
+//! from the previous one.
 //!
 //! Complement mode withholds every family the component has served at any successful check
 //! since start (not only at the last one). A family such as `kubevirt_vmi_memory_*` appears
@@ -38,12 +44,13 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::collect::{Collector, Problem};
+use crate::collect::{Collector, ComponentRead, Problem, Trigger};
+use crate::component::schedule::{CheckSchedule, Reason};
 use crate::component::{ComponentClient, ComponentEndpoint, ComponentError};
 use crate::config::{CommonArgs, LogFormat, Mode};
 use crate::exposition::Family;
 use crate::selfmetrics::{BuildInfo, SelfMetrics, SelfMetricsError};
-use crate::server::{Published, Server, ServerError, TlsFiles};
+use crate::server::{Published, Server, ServerError, ServerLimits, TlsFiles};
 
 /// How long past its deadline a collector may take before its pass is abandoned. Collectors
 /// should honour the deadline themselves; this only catches one that does not.
@@ -55,6 +62,8 @@ pub enum RuntimeError {
     ZeroInterval,
     #[error("--tls-cert and --tls-key must be given together")]
     IncompleteTls,
+    #[error("{0}")]
+    Limit(&'static str),
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
@@ -159,10 +168,13 @@ pub async fn start(
         mode: common.mode.as_str(),
     })?;
     let component = match common.mode {
-        Mode::Complement => Some(ComponentClient::new(&ComponentEndpoint::from_args(common))?),
+        Mode::Complement => Some(ComponentCheck {
+            client: ComponentClient::new(&ComponentEndpoint::from_args(common))?,
+            schedule: CheckSchedule::new(common.component_recheck_interval, common.interval),
+        }),
         Mode::Full => None,
     };
-    let server = Server::bind(common.listen_addr(), tls.as_ref()).await?;
+    let server = Server::bind(common.listen_addr(), tls.as_ref(), server_limits(common)?).await?;
     let local_addr = server.local_addr();
     tracing::info!(
         collector = name,
@@ -172,13 +184,18 @@ pub async fn start(
         interval = ?common.interval,
         collection_timeout = ?common.collection_timeout,
         component = %common.component_metrics_url,
+        component_recheck_interval = ?common.component_recheck_interval,
         "serving /metrics, /healthz, /readyz"
     );
 
     let published = Published::new();
     published.publish(metrics.families());
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(server.serve(published.clone(), shutdown.child_token()));
+    let server = tokio::spawn(server.serve(
+        published.clone(),
+        Some(metrics.clone()),
+        shutdown.child_token(),
+    ));
     let collection_loop = CollectionLoop {
         collector,
         component,
@@ -188,6 +205,7 @@ pub async fn start(
         timeout: common.collection_timeout,
         served: None,
         problems: ProblemLog::default(),
+        last_pass: None,
     };
     let collection = tokio::spawn(collection_loop.run(shutdown.child_token()));
     Ok(Running {
@@ -199,6 +217,28 @@ pub async fn start(
     })
 }
 
+/// The HTTP server's limits from the flags.
+fn server_limits(common: &CommonArgs) -> Result<ServerLimits, RuntimeError> {
+    if common.max_connections == 0 {
+        return Err(RuntimeError::Limit("--max-connections must be at least 1"));
+    }
+    if common.http_max_header_bytes < MIN_HEADER_BYTES {
+        return Err(RuntimeError::Limit(
+            "--http-max-header-bytes must be at least 1024",
+        ));
+    }
+    Ok(ServerLimits {
+        max_connections: common.max_connections,
+        idle_timeout: common.http_idle_timeout,
+        header_timeout: common.http_header_timeout,
+        write_timeout: common.http_write_timeout,
+        max_header_bytes: common.http_max_header_bytes,
+    })
+}
+
+/// Below this no real client's request fits (Prometheus sends about 300 bytes).
+const MIN_HEADER_BYTES: usize = 1024;
+
 async fn shutdown_signal() -> Result<(), RuntimeError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
@@ -208,10 +248,32 @@ async fn shutdown_signal() -> Result<(), RuntimeError> {
     }
 }
 
+/// A triggered pass waits this long so that triggers close together make one pass.
+const TRIGGER_DEBOUNCE: Duration = Duration::from_secs(1);
+/// Passes outside the interval tick (triggers, component retries) start at least this long
+/// after the previous pass, so a burst of VMI creations cannot make a storm of passes.
+const MIN_PASS_GAP: Duration = Duration::from_secs(2);
+
+/// Why the loop runs a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Tick,
+    /// The collector's trigger fired: fresh data exists.
+    Trigger,
+    /// A component check is owed and its backoff has passed.
+    ComponentRetry,
+}
+
+/// Complement mode's view of the component: the client and when to read its page.
+struct ComponentCheck {
+    client: ComponentClient,
+    schedule: CheckSchedule,
+}
+
 struct CollectionLoop {
     collector: Arc<dyn Collector>,
     /// `None` in full mode.
-    component: Option<ComponentClient>,
+    component: Option<ComponentCheck>,
     metrics: SelfMetrics,
     published: Published,
     interval: Duration,
@@ -219,39 +281,68 @@ struct CollectionLoop {
     /// Every family the component has served at a successful check; `None` before the first.
     served: Option<BTreeSet<String>>,
     problems: ProblemLog,
+    last_pass: Option<Instant>,
 }
 
 impl CollectionLoop {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let trigger = self.collector.trigger();
         loop {
-            tokio::select! {
+            let retry_at = self.component_retry_at();
+            let wake = tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = ticker.tick() => {}
+                _ = ticker.tick() => Wake::Tick,
+                () = fired(trigger.as_ref()) => Wake::Trigger,
+                () = sleep_until(retry_at) => Wake::ComponentRetry,
+            };
+            if wake != Wake::Tick {
+                let debounce = if wake == Wake::Trigger {
+                    TRIGGER_DEBOUNCE
+                } else {
+                    Duration::ZERO
+                };
+                let mut at = Instant::now() + debounce;
+                if let Some(last) = self.last_pass {
+                    at = at.max(last + MIN_PASS_GAP);
+                }
+                tracing::debug!(?wake, "collecting ahead of the interval");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(at) => {}
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.pass() => {}
             }
+            if wake != Wake::Tick {
+                // The next tick comes one interval after this pass, not right after it.
+                ticker.reset();
+            }
         }
+    }
+
+    /// When an owed component check should be tried again ahead of the interval.
+    fn component_retry_at(&self) -> Option<Instant> {
+        let check = self.component.as_ref()?;
+        let wait = check.schedule.retry_after()?;
+        let base = self.last_pass.unwrap_or_else(Instant::now);
+        Some(base + wait)
     }
 
     async fn pass(&mut self) {
         let started = Instant::now();
+        self.last_pass = Some(started);
         let deadline = started + self.timeout;
-        let collect =
-            tokio::time::timeout_at(deadline + DEADLINE_GRACE, self.collector.collect(deadline));
-        let check = async {
-            match &self.component {
-                Some(component) => Some(component.served_families().await),
-                None => None,
-            }
-        };
-        let (collected, checked) = tokio::join!(collect, check);
+        let collected =
+            tokio::time::timeout_at(deadline + DEADLINE_GRACE, self.collector.collect(deadline))
+                .await;
         let took = started.elapsed();
 
         let mut problems = Vec::new();
+        let mut component_read = None;
         let families = match collected {
             Ok(collection) => {
                 self.metrics
@@ -262,6 +353,7 @@ impl CollectionLoop {
                     self.metrics.count_problem(problem.source, problem.kind);
                 }
                 problems.extend(collection.problems);
+                component_read = collection.component;
                 collection.families
             }
             Err(_elapsed) => {
@@ -280,9 +372,10 @@ impl CollectionLoop {
                 Vec::new()
             }
         };
-        if let Some(checked) = checked {
-            self.record_check(checked, &mut problems);
+        if let Some(read) = &component_read {
+            self.metrics.add_component_scrapes(read.scrapes);
         }
+        self.check_component(component_read, &mut problems).await;
         self.problems.update(&problems);
 
         let (mut publish, withheld) =
@@ -293,37 +386,99 @@ impl CollectionLoop {
         self.published.mark_ready();
     }
 
-    fn record_check(
-        &mut self,
-        checked: Result<BTreeSet<String>, ComponentError>,
-        problems: &mut Vec<Problem>,
-    ) {
+    /// Complement mode: learns which families the component serves, reading its page only
+    /// when [`CheckSchedule`] says so (or reusing the page the collector read this pass).
+    async fn check_component(&mut self, read: Option<ComponentRead>, problems: &mut Vec<Problem>) {
+        let Some(check) = &mut self.component else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(read) = read {
+            // The collector read the page (a relay): no request of our own.
+            match read.served {
+                Some(names) => {
+                    check.schedule.succeeded(now, None);
+                    self.record_served(names);
+                }
+                None if read.scrapes > 0 => check.schedule.failed(now, true),
+                None => {}
+            }
+            return;
+        }
+        self.metrics.count_component_probe();
+        let identity = match check.client.probe().await {
+            Ok(answer) => answer.identity,
+            Err(error) => {
+                check.schedule.failed(now, false);
+                let failure = self.check_failure(&error);
+                problems.push(failure);
+                return;
+            }
+        };
+        let Some(reason) = check.schedule.due(now, identity.as_deref()) else {
+            return;
+        };
+        tracing::debug!(reason = reason.as_str(), "reading the component's families");
+        self.metrics.add_component_scrapes(1);
+        let checked = check.client.served_families().await;
+        let Some(check) = &mut self.component else {
+            return;
+        };
         match checked {
             Ok(names) => {
-                let served = self.served.get_or_insert_with(BTreeSet::new);
-                served.extend(names);
-                self.metrics.set_component_families(served.len());
+                if reason != Reason::First {
+                    tracing::info!(
+                        reason = reason.as_str(),
+                        "re-read the families the component serves"
+                    );
+                }
+                check.schedule.succeeded(Instant::now(), identity);
+                self.record_served(names);
             }
             Err(error) => {
-                self.metrics.count_component_check_failure(error.kind());
-                problems.push(Problem {
-                    source: "component",
-                    kind: error.kind(),
-                    target: self
-                        .component
-                        .as_ref()
-                        .map(|c| c.url().to_owned())
-                        .unwrap_or_default(),
-                    message: if self.served.is_some() {
-                        format!("{error}; keeping the families known from earlier checks")
-                    } else {
-                        format!(
-                            "{error}; publishing no collector family until the component answers"
-                        )
-                    },
-                });
+                check.schedule.failed(Instant::now(), true);
+                let failure = self.check_failure(&error);
+                problems.push(failure);
             }
         }
+    }
+
+    fn record_served(&mut self, names: BTreeSet<String>) {
+        let served = self.served.get_or_insert_with(BTreeSet::new);
+        served.extend(names);
+        self.metrics.set_component_families(served.len());
+    }
+
+    fn check_failure(&self, error: &ComponentError) -> Problem {
+        self.metrics.count_component_check_failure(error.kind());
+        Problem {
+            source: "component",
+            kind: error.kind(),
+            target: self
+                .component
+                .as_ref()
+                .map(|c| c.client.url().to_owned())
+                .unwrap_or_default(),
+            message: if self.served.is_some() {
+                format!("{error}; keeping the families known from earlier checks")
+            } else {
+                format!("{error}; publishing no collector family until the component answers")
+            },
+        }
+    }
+}
+
+async fn fired(trigger: Option<&Trigger>) {
+    match trigger {
+        Some(trigger) => trigger.fired().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! They are kept in a `prometheus` crate registry (counters, gauges, a histogram) and turned
 //! into [`Family`] values when a snapshot is published, so they leave through the same
-//! encoders as everything else. They change only once per collection pass, which keeps the
+//! encoders as everything else. They are read once per collection pass (the server's HTTP
+//! counters change in between, and show up with the next snapshot), which keeps the
 //! snapshot cache valid between passes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,9 +41,13 @@ pub struct SelfMetrics {
     targets: IntGauge,
     stale_dropped: IntCounter,
     component_check_failures: IntCounterVec,
+    component_scrapes: IntCounter,
+    component_probes: IntCounter,
     component_families: IntGauge,
     withheld_families: IntGauge,
     last_success: Gauge,
+    http_refused: IntCounterVec,
+    http_connections: IntGauge,
 }
 
 impl std::fmt::Debug for SelfMetrics {
@@ -99,6 +104,14 @@ impl SelfMetrics {
             ),
             &["kind"],
         )?;
+        let component_scrapes = IntCounter::with_opts(Opts::new(
+            name("component_scrapes_total"),
+            "Requests for the co-located component's whole /metrics page (complement checks and relays).",
+        ))?;
+        let component_probes = IntCounter::with_opts(Opts::new(
+            name("component_probes_total"),
+            "Cheap /healthz requests to the co-located component between two reads of its /metrics (complement mode).",
+        ))?;
         let component_families = IntGauge::with_opts(Opts::new(
             name("component_families"),
             "Metric families the co-located component is known to serve (complement mode).",
@@ -110,6 +123,17 @@ impl SelfMetrics {
         let last_success = Gauge::with_opts(Opts::new(
             name("last_successful_collection_timestamp_seconds"),
             "Unix time at which the last collection pass finished within its deadline.",
+        ))?;
+        let http_refused = IntCounterVec::new(
+            Opts::new(
+                name("http_refused_total"),
+                "HTTP connections or requests the sidecar's server refused or cut off, by reason: connection_limit, idle_evicted, idle_timeout, header_timeout, write_timeout, header_too_large, malformed, tls_handshake.",
+            ),
+            &["reason"],
+        )?;
+        let http_connections = IntGauge::with_opts(Opts::new(
+            name("http_connections"),
+            "HTTP connections open on the sidecar's server when the snapshot was published.",
         ))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -128,9 +152,13 @@ impl SelfMetrics {
         registry.register(Box::new(targets.clone()))?;
         registry.register(Box::new(stale_dropped.clone()))?;
         registry.register(Box::new(component_check_failures.clone()))?;
+        registry.register(Box::new(component_scrapes.clone()))?;
+        registry.register(Box::new(component_probes.clone()))?;
         registry.register(Box::new(component_families.clone()))?;
         registry.register(Box::new(withheld_families.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(http_refused.clone()))?;
+        registry.register(Box::new(http_connections.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -140,9 +168,13 @@ impl SelfMetrics {
             targets,
             stale_dropped,
             component_check_failures,
+            component_scrapes,
+            component_probes,
             component_families,
             withheld_families,
             last_success,
+            http_refused,
+            http_connections,
         })
     }
 
@@ -178,6 +210,14 @@ impl SelfMetrics {
             .inc();
     }
 
+    pub fn add_component_scrapes(&self, scrapes: u64) {
+        self.component_scrapes.inc_by(scrapes);
+    }
+
+    pub fn count_component_probe(&self) {
+        self.component_probes.inc();
+    }
+
     pub fn set_component_families(&self, known: usize) {
         self.component_families
             .set(i64::try_from(known).unwrap_or(i64::MAX));
@@ -186,6 +226,16 @@ impl SelfMetrics {
     pub fn set_withheld_families(&self, withheld: usize) {
         self.withheld_families
             .set(i64::try_from(withheld).unwrap_or(i64::MAX));
+    }
+
+    /// Counted by the server as it happens; published with the next snapshot.
+    pub fn count_http_refused(&self, reason: &str) {
+        self.http_refused.with_label_values(&[reason]).inc();
+    }
+
+    pub fn set_http_connections(&self, open: usize) {
+        self.http_connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     /// The current values, as families for the encoders.

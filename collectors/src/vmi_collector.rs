@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::collect::{Collection, Collector, Problem, SourceReport, StatsSource};
+use crate::collect::{Collection, Collector, Problem, SourceReport, StatsSource, Trigger};
 use crate::families::handler::{self, MigrationHistory};
 use crate::model::VmiStats;
 
@@ -76,6 +76,7 @@ impl VmiCollector {
             problems,
             stale_dropped: stale_dropped + stale,
             targets_seen,
+            component: None,
         }
     }
 }
@@ -83,6 +84,10 @@ impl VmiCollector {
 impl Collector for VmiCollector {
     fn collect(&self, deadline: Instant) -> BoxFuture<'_, Collection> {
         Box::pin(self.collect_once(deadline))
+    }
+
+    fn trigger(&self) -> Option<Trigger> {
+        self.source.trigger()
     }
 }
 

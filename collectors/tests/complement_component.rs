@@ -299,3 +299,90 @@ async fn full_mode_never_asks_the_component() {
     running.stop().await.unwrap();
     fake.stop().await;
 }
+
+/// Passes of `collector` from now until `passes` more have run.
+async fn wait_passes(collector: &ScriptedCollector, passes: usize) {
+    let target = collector.calls.load(Ordering::SeqCst) + passes;
+    wait_until(Duration::from_secs(20), "more passes", || async {
+        collector.calls.load(Ordering::SeqCst) >= target
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_component_page_is_read_once_per_recheck_period_and_again_when_it_restarts_or_reconfigures()
+ {
+    let ca = TestCa::new("kubevirt-ca");
+    let leaf = ca.leaf();
+    let fake = FakeComponent::start(&leaf, component_fixture()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let mut common = complement_args(&fake, &ca_file);
+    common.interval = Duration::from_millis(50);
+    common.component_recheck_interval = Duration::from_secs(3600);
+
+    let collector = Arc::new(ScriptedCollector::new(sidecar_families()));
+    let running = runtime::start("virt-handler-metrics", &common, collector.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.local_addr());
+    wait_ready(&http_client(), &base).await;
+
+    // Steady state: 40 passes (two seconds at 50 ms), one read of the page; the cheap
+    // /healthz every pass.
+    wait_passes(&collector, 40).await;
+    assert_eq!(fake.scrapes.load(Ordering::SeqCst), 1);
+    let body = metrics(&base).await;
+    assert_eq!(collector_family_names(&body), [MISSING]);
+    assert_eq!(
+        sample_value(&body, "kubevirt_metrics_sidecar_component_scrapes_total"),
+        Some(1.0)
+    );
+    assert!(
+        sample_value(&body, "kubevirt_metrics_sidecar_component_probes_total")
+            .is_some_and(|probes| probes >= 30.0),
+        "{body}"
+    );
+
+    // The component loads a new configuration (its /healthz says so): read once more.
+    fake.set(|r| r.healthz = healthz_body("2"));
+    wait_until(
+        Duration::from_secs(10),
+        "a re-read after the change",
+        || async { fake.scrapes.load(Ordering::SeqCst) == 2 },
+    )
+    .await;
+    wait_passes(&collector, 30).await;
+    assert_eq!(fake.scrapes.load(Ordering::SeqCst), 2);
+
+    // It restarts (unreachable for a while, then back): read once when it is back.
+    let addr = fake.stop().await;
+    wait_until(Duration::from_secs(10), "a failed probe", || async {
+        sample_value(
+            &metrics(&base).await,
+            "kubevirt_metrics_sidecar_component_check_failures_total{kind=\"connect\"}",
+        )
+        .is_some()
+    })
+    .await;
+    let back = FakeComponent::start_on(addr, &leaf, component_fixture()).await;
+    back.set(|r| r.healthz = healthz_body("2"));
+    wait_until(
+        Duration::from_secs(10),
+        "a re-read after the restart",
+        || async { back.scrapes.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
+    wait_passes(&collector, 30).await;
+    assert_eq!(back.scrapes.load(Ordering::SeqCst), 1);
+    let body = metrics(&base).await;
+    assert_eq!(
+        sample_value(&body, "kubevirt_metrics_sidecar_component_scrapes_total"),
+        Some(3.0)
+    );
+    assert_eq!(collector_family_names(&body), [MISSING]);
+
+    running.stop().await.unwrap();
+    back.stop().await;
+}

@@ -135,6 +135,27 @@ async fn complement_mode_serves_only_the_backport() {
         .filter(|n| !n.starts_with("kubevirt_metrics_sidecar_"))
         .collect();
     assert_eq!(names, ["kubevirt_virt_api_ready_status"]);
+    // The complement check reuses the page the relay read: one read per pass, no probe.
+    let value = |prefix: &str| server_support::sample_value(&served, prefix);
+    assert_eq!(
+        value("kubevirt_metrics_sidecar_component_scrapes_total"),
+        value("kubevirt_metrics_sidecar_collections_total{result=\"ok\"}"),
+        "{served}"
+    );
+    assert_eq!(
+        value("kubevirt_metrics_sidecar_component_probes_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        setup
+            .component
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        setup
+            .component
+            .scrapes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
     assert!(served.contains(
         "# HELP kubevirt_virt_api_ready_status Indication for a virt-api server that is ready to serve requests.\n\
          # TYPE kubevirt_virt_api_ready_status gauge\n\

@@ -2,12 +2,15 @@
 //!
 //! A sidecar runs in the same pod as virt-handler, virt-controller, virt-api or
 //! virt-operator, which already serve their metrics on `https://127.0.0.1:8443/metrics`.
-//! In complement mode the runtime asks [`ComponentClient::served_families`] every collection
-//! interval and withholds those families, so no series is scraped twice from one pod. The
-//! relays use [`ComponentClient::fetch`] (or [`parse`] on text they already have) to re-serve
-//! the component's families unchanged.
+//! In complement mode the runtime withholds the families the component serves, so no series
+//! is scraped twice from one pod. It learns them with [`ComponentClient::served_families`],
+//! but rarely ([`schedule`]): reading virt-handler's `/metrics` makes virt-handler call every
+//! virt-launcher on the node. In between, [`ComponentClient::probe`] asks the component's
+//! cheap `/healthz`. The relays use [`ComponentClient::fetch`] (or [`parse`] on text they
+//! already have) to re-serve the component's families unchanged, every pass.
 
 mod parse;
+pub mod schedule;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,15 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 /// Prefer text 0.0.4: it is what the parser reads, and it is what KubeVirt serves anyway.
 const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
+
+/// virt-handler and virt-controller serve `/healthz` on their metrics server (their own
+/// probes use it); it answers from a cache, without calling anything.
+const PROBE_PATH: &str = "/healthz";
+/// The most of a `/healthz` answer we read (KubeVirt's is a few hundred bytes of JSON).
+const MAX_PROBE_BYTES: usize = 64 * 1024;
+/// A probe must be quick; a component that cannot answer `/healthz` within this is treated
+/// as unreachable for the pass.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
@@ -105,7 +117,19 @@ impl ComponentEndpoint {
 pub struct ComponentClient {
     client: reqwest::Client,
     url: String,
+    /// `/healthz` on the same origin; `None` when the metrics URL does not parse.
+    probe_url: Option<String>,
     timeout: Duration,
+}
+
+/// What a [`ComponentClient::probe`] learnt: the component answered over HTTP (any status),
+/// and, when its `/healthz` is KubeVirt's, the configuration it runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeAnswer {
+    /// `config-resource-version` of KubeVirt's `/healthz` answer: the resourceVersion of the
+    /// KubeVirt CR the component last loaded its configuration (feature gates) from. `None`
+    /// when the answer has no such field (another endpoint, an error status).
+    pub identity: Option<String>,
 }
 
 impl ComponentClient {
@@ -128,12 +152,54 @@ impl ComponentClient {
         Ok(Self {
             client: builder.build().map_err(ComponentError::Client)?,
             url: endpoint.url.clone(),
+            probe_url: probe_url(&endpoint.url),
             timeout: endpoint.timeout,
         })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The cheap check between two reads of `/metrics`: `GET /healthz` on the same origin,
+    /// over the kept connection. Any HTTP answer means the component is up; an error means
+    /// it is not reachable now (restarting, or gone).
+    pub async fn probe(&self) -> Result<ProbeAnswer, ComponentError> {
+        let Some(url) = &self.probe_url else {
+            return Ok(ProbeAnswer { identity: None });
+        };
+        let timeout = PROBE_TIMEOUT.min(self.timeout);
+        let request_error = |source: reqwest::Error| {
+            if source.is_timeout() {
+                ComponentError::Timeout {
+                    url: url.clone(),
+                    timeout,
+                }
+            } else {
+                ComponentError::Request {
+                    url: url.clone(),
+                    source,
+                }
+            }
+        };
+        let mut response = self
+            .client
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(request_error)?;
+        let ok = response.status().is_success();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+            if body.len() + chunk.len() > MAX_PROBE_BYTES {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(ProbeAnswer {
+            identity: if ok { healthz_identity(&body) } else { None },
+        })
     }
 
     /// The raw text exposition.
@@ -208,6 +274,26 @@ impl ComponentClient {
     }
 }
 
+/// `/healthz` on the origin of `metrics_url`.
+fn probe_url(metrics_url: &str) -> Option<String> {
+    let mut url = reqwest::Url::parse(metrics_url).ok()?;
+    url.set_path(PROBE_PATH);
+    url.set_query(None);
+    url.set_fragment(None);
+    Some(url.into())
+}
+
+/// `config-resource-version` from KubeVirt's `/healthz` JSON
+/// (`{"apiserver": {...}, "config-resource-version": "12345"}`), if the body is that.
+fn healthz_identity(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match value.get("config-resource-version")? {
+        serde_json::Value::String(version) => Some(version.clone()),
+        serde_json::Value::Number(version) => Some(version.to_string()),
+        _ => None,
+    }
+}
+
 /// `error sending request: client error (Connect): tcp connect error: Connection refused`:
 /// reqwest's own message names no cause, the cause is in the source chain.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
@@ -241,4 +327,27 @@ fn read_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, ComponentErr
         });
     }
     Ok(certificates)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_asks_healthz_on_the_same_origin() {
+        assert_eq!(
+            probe_url("https://127.0.0.1:8443/metrics?x=1").as_deref(),
+            Some("https://127.0.0.1:8443/healthz")
+        );
+        assert_eq!(probe_url("not a url"), None);
+    }
+
+    #[test]
+    fn identity_is_kubevirts_config_resource_version() {
+        let body = br#"{"apiserver":{"connectivity":"ok","version":{"major":"1"}},"config-resource-version":"4711"}"#;
+        assert_eq!(healthz_identity(body).as_deref(), Some("4711"));
+        assert_eq!(healthz_identity(b"ok\n"), None);
+        assert_eq!(healthz_identity(br#"{"apiserver":{}}"#), None);
+    }
 }

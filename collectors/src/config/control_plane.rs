@@ -219,6 +219,36 @@ mod tests {
     }
 
     #[test]
+    fn recheck_and_http_limits_round_trip_and_defaults_render_nothing() {
+        let args: ApiArgs = parse(&[
+            "virt-api-metrics",
+            "--component-recheck-interval",
+            "2h",
+            "--max-connections",
+            "128",
+            "--http-idle-timeout",
+            "90s",
+            "--http-header-timeout",
+            "5s",
+            "--http-write-timeout",
+            "20s",
+            "--http-max-header-bytes",
+            "8192",
+        ]);
+        assert_eq!(
+            args.common.component_recheck_interval,
+            std::time::Duration::from_secs(7200)
+        );
+        assert_eq!(args.common.max_connections, 128);
+        let mut argv = vec!["virt-api-metrics".to_owned()];
+        argv.extend(args.to_args());
+        assert_eq!(ApiArgs::try_parse_from(argv).expect("parse"), args);
+        let defaults: ApiArgs = parse(&["virt-api-metrics"]);
+        assert!(defaults.to_args().is_empty(), "{:?}", defaults.to_args());
+        assert_eq!(defaults.common, CommonArgs::default());
+    }
+
+    #[test]
     fn relay_args_round_trip() {
         let api: ApiArgs = parse(&["virt-api-metrics", "--backport", "ready-status"]);
         assert_eq!(api.to_args(), ["--backport", "ready-status"]);

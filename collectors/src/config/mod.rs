@@ -15,6 +15,7 @@ use clap::{Args, Parser, ValueEnum};
 /// not named `metrics` in the pod (that name is taken by the component's port).
 pub const DEFAULT_PORT: u16 = 9443;
 pub const DEFAULT_COMPONENT_METRICS_URL: &str = "https://127.0.0.1:8443/metrics";
+pub const DEFAULT_COMPONENT_RECHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Mode {
@@ -88,6 +89,12 @@ pub struct CommonArgs {
     #[arg(long, env = "COLLECTOR_COMPONENT_INSECURE_SKIP_VERIFY")]
     pub component_insecure_skip_verify: bool,
 
+    /// Complement mode reads the component's whole /metrics at start (retrying until it
+    /// answers), after it was unreachable, when its /healthz reports a changed
+    /// configuration, and otherwise once per this period. In between it asks only /healthz.
+    #[arg(long, env = "COLLECTOR_COMPONENT_RECHECK_INTERVAL", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub component_recheck_interval: Duration,
+
     /// Serve HTTPS with this certificate (PEM); reloaded when the file changes.
     #[arg(
         long,
@@ -117,7 +124,35 @@ pub struct CommonArgs {
     /// Log format.
     #[arg(long, env = "COLLECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// At most this many open HTTP connections; past it, the connection idle the longest is
+    /// closed to make room, and a new one is refused only when all are busy.
+    #[arg(long, env = "COLLECTOR_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// A connection must send a complete request within this long of opening or of its
+    /// previous response (idle keep-alive connections are closed after it).
+    #[arg(long, env = "COLLECTOR_HTTP_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub http_idle_timeout: Duration,
+
+    /// A request head must arrive within this long of its first byte.
+    #[arg(long, env = "COLLECTOR_HTTP_HEADER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub http_header_timeout: Duration,
+
+    /// A response write that makes no progress for this long ends the connection.
+    #[arg(long, env = "COLLECTOR_HTTP_WRITE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub http_write_timeout: Duration,
+
+    /// Larger request heads (request line and headers) are answered 431.
+    #[arg(long, env = "COLLECTOR_HTTP_MAX_HEADER_BYTES", default_value_t = DEFAULT_HTTP_MAX_HEADER_BYTES)]
+    pub http_max_header_bytes: usize,
 }
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HTTP_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HTTP_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 impl Default for CommonArgs {
     fn default() -> Self {
@@ -128,11 +163,17 @@ impl Default for CommonArgs {
             component_metrics_url: DEFAULT_COMPONENT_METRICS_URL.to_owned(),
             component_ca: None,
             component_insecure_skip_verify: false,
+            component_recheck_interval: DEFAULT_COMPONENT_RECHECK_INTERVAL,
             tls_cert: None,
             tls_key: None,
             interval: Duration::from_secs(30),
             collection_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            http_idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
+            http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
+            http_write_timeout: DEFAULT_HTTP_WRITE_TIMEOUT,
+            http_max_header_bytes: DEFAULT_HTTP_MAX_HEADER_BYTES,
         }
     }
 }
@@ -175,6 +216,13 @@ impl CommonArgs {
         if self.component_insecure_skip_verify {
             args.push("--component-insecure-skip-verify".to_owned());
         }
+        if self.component_recheck_interval != defaults.component_recheck_interval {
+            push(
+                &mut args,
+                "--component-recheck-interval",
+                humantime::format_duration(self.component_recheck_interval).to_string(),
+            );
+        }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             push(&mut args, "--tls-cert", cert.display().to_string());
             push(&mut args, "--tls-key", key.display().to_string());
@@ -195,6 +243,45 @@ impl CommonArgs {
         }
         if self.log_format == LogFormat::Json {
             push(&mut args, "--log-format", "json".to_owned());
+        }
+        if self.max_connections != defaults.max_connections {
+            push(
+                &mut args,
+                "--max-connections",
+                self.max_connections.to_string(),
+            );
+        }
+        for (flag, value, default) in [
+            (
+                "--http-idle-timeout",
+                self.http_idle_timeout,
+                defaults.http_idle_timeout,
+            ),
+            (
+                "--http-header-timeout",
+                self.http_header_timeout,
+                defaults.http_header_timeout,
+            ),
+            (
+                "--http-write-timeout",
+                self.http_write_timeout,
+                defaults.http_write_timeout,
+            ),
+        ] {
+            if value != default {
+                push(
+                    &mut args,
+                    flag,
+                    humantime::format_duration(value).to_string(),
+                );
+            }
+        }
+        if self.http_max_header_bytes != defaults.http_max_header_bytes {
+            push(
+                &mut args,
+                "--http-max-header-bytes",
+                self.http_max_header_bytes.to_string(),
+            );
         }
         args
     }

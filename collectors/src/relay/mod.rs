@@ -8,7 +8,9 @@
 //! numbers can leave in every format the server offers).
 //!
 //! In complement mode the runtime withholds every family the component serves, so a relay
-//! then serves only what the component lacks: its backports. In full mode it serves the
+//! then serves only what the component lacks: its backports. The relay hands the names it
+//! read to the runtime ([`crate::collect::ComponentRead`]), so the component's page is read
+//! once per pass, not twice. In full mode it serves the
 //! component's families plus the backports.
 //!
 //! Backports (off by default) derive metrics newer KubeVirt versions export, for versions
@@ -29,7 +31,7 @@ use std::collections::BTreeSet;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::collect::{Collection, Collector, Problem};
+use crate::collect::{Collection, Collector, ComponentRead, Problem};
 use crate::component::ComponentClient;
 use crate::controller::lease::LeaseReader;
 use crate::exposition::{Family, MetricType, Sample};
@@ -129,6 +131,11 @@ impl RelayCollector {
             problems,
             stale_dropped: 0,
             targets_seen,
+            // The complement check reuses this page instead of asking for it again.
+            component: Some(ComponentRead {
+                scrapes: 1,
+                served: answered.then_some(served),
+            }),
         }
     }
 }

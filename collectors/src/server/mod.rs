@@ -4,10 +4,12 @@
 //! format (and gzipped once, for clients that accept it) the first time it is asked for, so
 //! a scrape every second costs a copy of a reference-counted buffer.
 //!
-//! HTTP/1.1 only (KubeVirt disables HTTP/2 on its endpoints too, CVE-2023-44487), a
-//! connection limit, header and TLS-handshake timeouts; a bad request or handshake ends that
-//! connection and nothing else.
+//! HTTP/1.1 only (KubeVirt disables HTTP/2 on its endpoints too, CVE-2023-44487), bounded
+//! connections, timeouts on idle connections, request heads, response writes and TLS
+//! handshakes, a request-head size limit ([`limits`]); a bad request or handshake ends that
+//! connection and nothing else, and is counted.
 
+pub mod limits;
 pub mod tls;
 
 use std::io::Write;
@@ -28,7 +30,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OnceCell, Semaphore, watch};
+use tokio::sync::{OnceCell, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -36,11 +38,11 @@ use tower::ServiceExt;
 use crate::exporters::negotiate::{Format, negotiate};
 use crate::exporters::{openmetrics, text};
 use crate::exposition::Family;
+use crate::selfmetrics::SelfMetrics;
+pub use limits::ServerLimits;
+use limits::{Connections, GuardedIo, Refusal, RefusalCounter, Slot};
 
-/// Prometheus keeps one connection per target; this leaves room for probes and humans.
-const MAX_CONNECTIONS: u32 = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for responses in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -191,12 +193,17 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     local_addr: SocketAddr,
+    limits: ServerLimits,
 }
 
 impl Server {
     /// Binds `addr` and, with `tls`, loads the certificate (a bad one is an error here; later
     /// bad replacements are not).
-    pub async fn bind(addr: SocketAddr, tls: Option<&TlsFiles>) -> Result<Self, ServerError> {
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Option<&TlsFiles>,
+        limits: ServerLimits,
+    ) -> Result<Self, ServerError> {
         let tls = match tls {
             Some(files) => Some(TlsAcceptor::from(tls::server_config(
                 &files.cert,
@@ -211,6 +218,7 @@ impl Server {
             listener,
             tls,
             local_addr,
+            limits,
         })
     }
 
@@ -224,10 +232,16 @@ impl Server {
     }
 
     /// Serves until `shutdown` is cancelled, then lets responses in flight finish (up to a
-    /// few seconds).
-    pub async fn serve(self, published: Published, shutdown: CancellationToken) {
+    /// few seconds). Refusals are counted in `metrics`, when given.
+    pub async fn serve(
+        self,
+        published: Published,
+        metrics: Option<SelfMetrics>,
+        shutdown: CancellationToken,
+    ) {
         let app = router(published);
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS as usize));
+        let counter = RefusalCounter::new(metrics);
+        let connections = Connections::new(self.limits.max_connections, counter.clone());
         loop {
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -242,67 +256,142 @@ impl Server {
                     continue;
                 }
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::debug!(%peer, "connection limit reached; closing the new connection");
+            let Some(slot) = connections.admit() else {
+                tracing::debug!(%peer, "every connection is busy; closing the new one");
                 continue;
             };
+            let connection = Connection {
+                slot,
+                peer,
+                limits: self.limits,
+                counter: counter.clone(),
+            };
             let (app, tls, shutdown) = (app.clone(), self.tls.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                handle_connection(stream, peer, tls, app, shutdown).await;
-                drop(slot);
-            });
+            tokio::spawn(connection.handle(stream, tls, app, shutdown));
         }
         drop(self.listener);
-        let drained =
-            tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(MAX_CONNECTIONS)).await;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, connections.drained()).await;
         if drained.is_err() {
             tracing::warn!("connections still open after the drain timeout; closing them");
         }
     }
 }
 
-async fn handle_connection(
-    stream: TcpStream,
+/// One accepted connection and what it may hold.
+struct Connection {
+    slot: Slot,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    app: Router,
-    shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    match tls {
-        None => serve_http(stream, peer, app, shutdown).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve_http(stream, peer, app, shutdown).await,
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    limits: ServerLimits,
+    counter: RefusalCounter,
+}
+
+impl Connection {
+    async fn handle(
+        self,
+        stream: TcpStream,
+        tls: Option<TlsAcceptor>,
+        app: Router,
+        shutdown: CancellationToken,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&self.slot.state);
+        let served = async {
+            match tls {
+                None => self.serve_http(stream, app, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => self.serve_http(stream, app, shutdown).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
+                            self.counter.count(Refusal::TlsHandshake);
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                            self.counter.count(Refusal::TlsHandshake);
+                        }
+                    }
+                }
             }
+        };
+        // Eviction drops the connection at once: it is idle, nothing is lost.
+        tokio::select! {
+            () = served => {}
+            () = state.evicted() => {}
+        }
+    }
+
+    async fn serve_http<S>(&self, stream: S, app: Router, shutdown: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let state = Arc::clone(&self.slot.state);
+        let io = GuardedIo::new(stream, Arc::clone(&state), &self.limits);
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let in_flight = state.begin_request();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await?;
+                // The request stays in flight until its body is written (or abandoned).
+                Ok::<_, std::convert::Infallible>(response.map(|body| {
+                    axum::body::Body::new(TrackedBody {
+                        body,
+                        _in_flight: in_flight,
+                    })
+                }))
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.idle_timeout)
+            .max_header_size(self.limits.max_header_bytes);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            let refusal = self
+                .slot
+                .state
+                .cut_reason()
+                .or_else(|| Refusal::of_hyper_error(&error));
+            if let Some(refusal) = refusal {
+                self.counter.count(refusal);
+            }
+            tracing::debug!(peer = %self.peer, %error, "connection ended with an error");
         }
     }
 }
 
-async fn serve_http<S>(stream: S, peer: SocketAddr, app: Router, shutdown: CancellationToken)
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        app.clone().oneshot(request)
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "connection ended with an error");
+/// A response body that keeps its request counted as in flight until it is dropped (fully
+/// written, or abandoned with the connection).
+struct TrackedBody {
+    body: axum::body::Body,
+    _in_flight: limits::InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

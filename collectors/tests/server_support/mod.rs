@@ -70,6 +70,7 @@ impl Collector for ScriptedCollector {
                 problems: self.problems.lock().unwrap().clone(),
                 stale_dropped: 0,
                 targets_seen: 2,
+                component: None,
             }
         }
         .boxed()
@@ -346,19 +347,33 @@ fn rustls_server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
 
 // ---------------------------------------------------------------- fake component
 
-/// What the fake component answers.
+/// What the fake component answers: `body` with `status` on `/metrics` (and any other
+/// path), `healthz` with 200 on `/healthz` (KubeVirt's shape, see [`healthz_body`]).
 #[derive(Clone)]
 pub struct ComponentReply {
     pub status: u16,
     pub body: String,
     pub delay: Duration,
+    pub healthz: String,
+}
+
+/// KubeVirt's `/healthz` answer for a component whose configuration is at `config_version`.
+pub fn healthz_body(config_version: &str) -> String {
+    serde_json::json!({
+        "apiserver": {"connectivity": "ok", "version": {"major": "1", "minor": "36"}},
+        "config-resource-version": config_version,
+    })
+    .to_string()
 }
 
 /// An HTTPS server on 127.0.0.1 that answers `/metrics` like a KubeVirt component.
 pub struct FakeComponent {
     pub addr: SocketAddr,
     pub reply: Arc<Mutex<ComponentReply>>,
+    /// Every request, whatever the path.
     pub requests: Arc<AtomicUsize>,
+    /// Requests for `/metrics` only: the expensive ones.
+    pub scrapes: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -375,9 +390,11 @@ impl FakeComponent {
             status: 200,
             body,
             delay: Duration::ZERO,
+            healthz: healthz_body("1"),
         }));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (reply2, requests2) = (reply.clone(), requests.clone());
+        let scrapes = Arc::new(AtomicUsize::new(0));
+        let (reply2, requests2, scrapes2) = (reply.clone(), requests.clone(), scrapes.clone());
         let task = tokio::spawn(async move {
             // Connections live in this set, so stopping the server ends them too.
             let mut connections = tokio::task::JoinSet::new();
@@ -386,25 +403,39 @@ impl FakeComponent {
                     continue;
                 };
                 while connections.try_join_next().is_some() {}
-                let (acceptor, reply, requests) =
-                    (acceptor.clone(), reply2.clone(), requests2.clone());
+                let (acceptor, reply, requests, scrapes) = (
+                    acceptor.clone(),
+                    reply2.clone(),
+                    requests2.clone(),
+                    scrapes2.clone(),
+                );
                 connections.spawn(async move {
                     let Ok(stream) = acceptor.accept(stream).await else {
                         return;
                     };
                     let service =
-                        hyper::service::service_fn(move |_req: hyper::Request<Incoming>| {
+                        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                             let reply = reply.lock().unwrap().clone();
                             requests.fetch_add(1, Ordering::SeqCst);
+                            let healthz = req.uri().path() == "/healthz";
+                            if !healthz {
+                                scrapes.fetch_add(1, Ordering::SeqCst);
+                            }
                             async move {
                                 tokio::time::sleep(reply.delay).await;
-                                let response = hyper::Response::builder()
-                                    .status(reply.status)
-                                    .header(
-                                        "content-type",
+                                let (status, content_type, body) = if healthz {
+                                    (200, "application/json", reply.healthz)
+                                } else {
+                                    (
+                                        reply.status,
                                         "text/plain; version=0.0.4; charset=utf-8",
+                                        reply.body,
                                     )
-                                    .body(Full::new(Bytes::from(reply.body)))
+                                };
+                                let response = hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", content_type)
+                                    .body(Full::new(Bytes::from(body)))
                                     .unwrap();
                                 Ok::<_, std::convert::Infallible>(response)
                             }
@@ -419,6 +450,7 @@ impl FakeComponent {
             addr,
             reply,
             requests,
+            scrapes,
             task,
         }
     }

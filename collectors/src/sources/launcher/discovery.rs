@@ -6,7 +6,7 @@
 //! needs VMIs goes through [`VmiLister`], so tests hand in a fixed list instead of an API
 //! server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -17,7 +17,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::Deserialize;
 
-use crate::collect::Problem;
+use crate::collect::{Problem, Trigger};
 use crate::model::VmiIdentity;
 
 /// The label KubeVirt puts on a VMI with the node it runs on.
@@ -158,6 +158,12 @@ pub struct VmiSnapshot {
 /// Where the launcher source learns which VMIs to ask.
 pub trait VmiLister: Send + Sync + 'static {
     fn snapshot(&self) -> VmiSnapshot;
+
+    /// Fired when the list has just become known or a VMI has started running: there is
+    /// something to collect before the next interval tick.
+    fn trigger(&self) -> Option<Trigger> {
+        None
+    }
 }
 
 /// A list set by hand: for tests, and for callers that discover VMIs some other way.
@@ -198,6 +204,7 @@ pub struct WatchedVmis {
     store: Store<Vmi>,
     synced: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
+    trigger: Trigger,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -211,11 +218,18 @@ impl WatchedVmis {
         let synced = Arc::new(AtomicBool::new(false));
         let last_error = Arc::new(Mutex::new(None));
         let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
-        let task = tokio::spawn(follow(events, Arc::clone(&synced), Arc::clone(&last_error)));
+        let trigger = Trigger::new();
+        let task = tokio::spawn(follow(
+            events,
+            Arc::clone(&synced),
+            Arc::clone(&last_error),
+            trigger.clone(),
+        ));
         Self {
             store,
             synced,
             last_error,
+            trigger,
             task,
         }
     }
@@ -225,9 +239,14 @@ async fn follow(
     events: impl futures::Stream<Item = Result<watcher::Event<Vmi>, watcher::Error>>,
     synced: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
+    trigger: Trigger,
 ) {
     let mut events = std::pin::pin!(events);
+    let mut running = RunningVmis::default();
     while let Some(event) = events.next().await {
+        if running.observe(&event) {
+            trigger.fire();
+        }
         match event {
             Ok(watcher::Event::InitDone) => {
                 if !synced.swap(true, Ordering::Relaxed) {
@@ -248,7 +267,58 @@ async fn follow(
     }
 }
 
+/// Which VMIs run, as far as the watch has told; says when a collection is worth running
+/// ahead of the interval: at every (re)sync and when a VMI starts running (the moment its
+/// launcher has statistics to give).
+#[derive(Debug, Default)]
+struct RunningVmis {
+    running: HashSet<String>,
+    /// Filled between `Init` and `InitDone` of a (re)list.
+    relisting: HashSet<String>,
+}
+
+impl RunningVmis {
+    /// Whether `event` makes a collection worthwhile now.
+    fn observe<E>(&mut self, event: &Result<watcher::Event<Vmi>, E>) -> bool {
+        let Ok(event) = event else {
+            return false;
+        };
+        match event {
+            watcher::Event::Apply(vmi) => {
+                if vmi.is_running() {
+                    self.running.insert(vmi.key())
+                } else {
+                    self.running.remove(&vmi.key());
+                    false
+                }
+            }
+            watcher::Event::Delete(vmi) => {
+                self.running.remove(&vmi.key());
+                false
+            }
+            watcher::Event::Init => {
+                self.relisting.clear();
+                false
+            }
+            watcher::Event::InitApply(vmi) => {
+                if vmi.is_running() {
+                    self.relisting.insert(vmi.key());
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                self.running = std::mem::take(&mut self.relisting);
+                true
+            }
+        }
+    }
+}
+
 impl VmiLister for WatchedVmis {
+    fn trigger(&self) -> Option<Trigger> {
+        Some(self.trigger.clone())
+    }
+
     fn snapshot(&self) -> VmiSnapshot {
         let mut problems = Vec::new();
         if let Some(message) = self
@@ -315,6 +385,33 @@ mod tests {
             ("ns", "a", "n1")
         );
         assert_eq!(id.labels.get("app").map(String::as_str), Some("db"));
+    }
+
+    #[test]
+    fn collects_early_at_every_sync_and_when_a_vmi_starts_running() {
+        let with_phase = |name: &str, phase: &str| {
+            vmi(
+                serde_json::json!({"metadata": {"name": name, "namespace": "ns"},
+                                   "status": {"phase": phase}}),
+            )
+        };
+        let mut running = RunningVmis::default();
+        let mut observe =
+            |event: watcher::Event<Vmi>| running.observe(&Ok::<_, watcher::Error>(event));
+        assert!(!observe(watcher::Event::Init));
+        assert!(!observe(watcher::Event::InitApply(with_phase(
+            "a", "Running"
+        ))));
+        assert!(observe(watcher::Event::InitDone), "synced");
+        assert!(!observe(watcher::Event::Apply(with_phase("a", "Running"))));
+        assert!(!observe(watcher::Event::Apply(with_phase(
+            "b",
+            "Scheduling"
+        ))));
+        assert!(observe(watcher::Event::Apply(with_phase("b", "Running"))));
+        assert!(!observe(watcher::Event::Apply(with_phase("b", "Running"))));
+        assert!(!observe(watcher::Event::Delete(with_phase("b", "Running"))));
+        assert!(observe(watcher::Event::Apply(with_phase("b", "Running"))));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use client::{ClientError, ClientPool, LauncherClient, RpcTimeouts};
 pub use discovery::{StaticVmis, Vmi, VmiLister, VmiSnapshot, WatchedVmis};
 pub use socket::SocketError;
 
-use crate::collect::{Problem, SourceReport, StatsSource};
+use crate::collect::{Problem, SourceReport, StatsSource, Trigger};
 use crate::config::HandlerArgs;
 use crate::model::{DomainStats, Filesystem, VmiStats};
 use crate::wire;
@@ -299,6 +299,11 @@ impl LauncherSource {
 impl StatsSource for LauncherSource {
     fn collect(&self, deadline: Instant) -> BoxFuture<'_, SourceReport> {
         Box::pin(self.collect_pass(deadline))
+    }
+
+    /// The VMI list's: collect as soon as the watch has synced or a VMI starts running.
+    fn trigger(&self) -> Option<Trigger> {
+        self.lister.trigger()
     }
 }
 

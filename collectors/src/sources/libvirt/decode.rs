@@ -530,3 +530,165 @@ mod tests {
         assert_eq!(d.megabytes_per_second, Some(12));
     }
 }
+
+/// Generated records: arbitrary field names and typed values never panic and never grow the
+/// lists past [`MAX_INDEX`]; well-formed device records arrive whole, whatever else the
+/// record carries around them.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod proptests {
+    use std::ffi::CString;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::NetStats;
+
+    /// An owned [`Value`] (the real one borrows its string from libvirt's record).
+    #[derive(Debug, Clone)]
+    enum Owned {
+        Int(i64),
+        UInt(u64),
+        Double(f64),
+        Bool(bool),
+        Str(CString),
+    }
+
+    impl Owned {
+        fn value(&self) -> Value<'_> {
+            match self {
+                Self::Int(v) => Value::Int(*v),
+                Self::UInt(v) => Value::UInt(*v),
+                Self::Double(v) => Value::Double(*v),
+                Self::Bool(v) => Value::Bool(*v),
+                Self::Str(s) => Value::Str(s),
+            }
+        }
+    }
+
+    fn owned() -> impl Strategy<Value = Owned> {
+        prop_oneof![
+            any::<i64>().prop_map(Owned::Int),
+            any::<u64>().prop_map(Owned::UInt),
+            any::<f64>().prop_map(Owned::Double),
+            any::<bool>().prop_map(Owned::Bool),
+            "[^\u{0}]{0,12}".prop_map(|s| Owned::Str(CString::new(s).unwrap())),
+        ]
+    }
+
+    /// Field names near the real ones (groups, indices, sub-fields), and plain noise.
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        let group = prop::sample::select(vec![
+            "cpu",
+            "balloon",
+            "vcpu",
+            "net",
+            "block",
+            "dirtyrate",
+            "state",
+            "x",
+        ]);
+        let index = prop_oneof![
+            (0u32..8).prop_map(|i| i.to_string()),
+            Just("4095".to_owned()),
+            Just("4096".to_owned()),
+            Just("99999".to_owned()),
+            Just("123456789012".to_owned()),
+            "[0-9a-z]{0,3}",
+        ];
+        let leaf = prop::sample::select(vec![
+            "time",
+            "user",
+            "system",
+            "current",
+            "maximum",
+            "rss",
+            "count",
+            "name",
+            "path",
+            "rx.bytes",
+            "tx.drop",
+            "rd.reqs",
+            "capacity",
+            "state",
+            "wait",
+            "calc_status",
+            "megabytes_per_second",
+            "",
+        ]);
+        prop_oneof![
+            (group.clone(), leaf.clone()).prop_map(|(g, l)| format!("{g}.{l}").into_bytes()),
+            (group, index, leaf).prop_map(|(g, i, l)| format!("{g}.{i}.{l}").into_bytes()),
+            prop::collection::vec(any::<u8>(), 0..24),
+        ]
+    }
+
+    fn decode(params: &[(Vec<u8>, Owned)]) -> DomainStats {
+        let mut stats = DomainStats::default();
+        let mut decoder = Decoder::new(&mut stats);
+        for (field, value) in params {
+            decoder.param(field, value.value());
+        }
+        decoder.finish();
+        stats
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_records_never_panic_and_stay_bounded(
+            params in prop::collection::vec((field(), owned()), 0..40),
+        ) {
+            let stats = decode(&params);
+            prop_assert!(stats.vcpus.len() <= MAX_INDEX);
+            prop_assert!(stats.nets.len() <= MAX_INDEX);
+            prop_assert!(stats.blocks.len() <= MAX_INDEX);
+        }
+
+        #[test]
+        fn well_formed_nets_arrive_whole_among_noise(
+            nets in prop::collection::vec(
+                ("[a-z0-9]{1,8}", any::<u64>(), any::<u64>()), 0..6),
+            noise in prop::collection::vec((field(), owned()), 0..20),
+        ) {
+            // The noise must not write net fields itself.
+            let noise: Vec<_> = noise
+                .into_iter()
+                .filter(|(f, _)| !f.starts_with(b"net."))
+                .collect();
+            let mut params = noise;
+            params.push((b"net.count".to_vec(), Owned::UInt(nets.len() as u64)));
+            for (i, (name, rx, drop)) in nets.iter().enumerate() {
+                params.push((format!("net.{i}.name").into_bytes(), Owned::Str(CString::new(name.clone()).unwrap())));
+                params.push((format!("net.{i}.rx.bytes").into_bytes(), Owned::UInt(*rx)));
+                params.push((format!("net.{i}.tx.drop").into_bytes(), Owned::UInt(*drop)));
+            }
+            let expected: Vec<NetStats> = nets
+                .iter()
+                .map(|(name, rx, drop)| NetStats {
+                    name: Some(name.clone()),
+                    rx_bytes: Some(*rx),
+                    tx_drop: Some(*drop),
+                    ..NetStats::default()
+                })
+                .collect();
+            prop_assert_eq!(decode(&params).nets, expected);
+        }
+
+        #[test]
+        fn cpu_times_arrive_whatever_the_order(
+            time in any::<u64>(), user in any::<u64>(), system in any::<u64>(),
+            shuffle in Just(()).prop_perturb(|(), mut rng| rng.random::<u64>()),
+        ) {
+            let mut params = vec![
+                (b"cpu.time".to_vec(), Owned::UInt(time)),
+                (b"cpu.user".to_vec(), Owned::UInt(user)),
+                (b"cpu.system".to_vec(), Owned::UInt(system)),
+            ];
+            params.rotate_left((shuffle % 3) as usize);
+            let cpu = decode(&params).cpu.unwrap();
+            prop_assert_eq!((cpu.time, cpu.user, cpu.system), (Some(time), Some(user), Some(system)));
+        }
+    }
+}
