@@ -281,7 +281,7 @@ fn unready_since(pod: &Pod, status: &ContainerStatus) -> Time {
         .into_iter()
         .flatten()
         .max_by_key(|t| t.0)
-        .unwrap_or_else(|| Time(Timestamp::UNIX_EPOCH))
+        .unwrap_or(Time(Timestamp::UNIX_EPOCH))
 }
 
 fn elapsed(since: &Time, now: &Time) -> Duration {
