@@ -73,9 +73,12 @@ impl KubeVirt {
             .unwrap_or(&[])
     }
 
-    /// `status.phase`, if virt-operator has set one.
+    /// `status.phase`, if virt-operator has set one (KubeVirt's unset phase is "").
     pub fn phase(&self) -> Option<&str> {
-        self.status.as_ref().and_then(|s| s.phase.as_deref())
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .filter(|p| !p.is_empty())
     }
 
     /// Whether KubeVirt reports a finished install (`status.phase == Deployed`).
