@@ -23,7 +23,8 @@ enum Command {
     /// Print the MetricsSidecarPolicy CRD as YAML.
     Crd,
     /// Print, offline, the KubeVirt CR change (and virt-operator Deployment apply body) the
-    /// operator would write for a policy.
+    /// operator would write for a policy. Unknown policy fields and a KubeVirt CR the policy
+    /// cannot apply to are errors; a paused policy prints nothing and exits with status 3.
     Render(RenderArgs),
 }
 
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(config) => run_controller(config),
         Command::Crd => print_or_fail("crd", kubevirt_metrics_operator::api::crd_yaml()),
-        Command::Render(args) => print_or_fail("render", run_render(&args)),
+        Command::Render(args) => run_render(&args),
     }
 }
 
@@ -67,16 +68,38 @@ fn run_controller(config: RunConfig) -> ExitCode {
     }
 }
 
-fn run_render(args: &RenderArgs) -> Result<String, String> {
-    let policy = read(&args.policy)?;
-    let target = args.target.as_deref().map(read).transpose()?;
-    render::render_text(
+/// Exit status of `render` for a paused policy: nothing printed, on purpose.
+const EXIT_PAUSED: u8 = 3;
+
+/// Prints the documents on stdout and the warnings on stderr. Exit status: 0 rendered,
+/// 1 error, 3 the policy is paused (nothing to render; stdout stays empty).
+fn run_render(args: &RenderArgs) -> ExitCode {
+    let inputs = read(&args.policy).and_then(|policy| {
+        let target = args.target.as_deref().map(read).transpose()?;
+        Ok((policy, target))
+    });
+    let (policy, target) = match inputs {
+        Ok(inputs) => inputs,
+        Err(error) => return print_or_fail::<String>("render", Err(error)),
+    };
+    match render::render_text(
         &policy,
         target.as_deref(),
         &PlanDefaults::default(),
         args.output,
-    )
-    .map_err(|e| e.to_string())
+    ) {
+        Ok(output) => {
+            for warning in &output.warnings {
+                eprintln!("kubevirt-metrics-operator render: warning: {warning}");
+            }
+            print_or_fail::<String>("render", Ok(output.text))
+        }
+        Err(error @ render::RenderError::Paused(_)) => {
+            eprintln!("kubevirt-metrics-operator render: {error}");
+            ExitCode::from(EXIT_PAUSED)
+        }
+        Err(error) => print_or_fail("render", Err(error)),
+    }
 }
 
 fn read(path: &std::path::Path) -> Result<String, String> {

@@ -10,7 +10,23 @@
 //!   Deployment apply body when that component is enabled.
 //! - `json`: the request bodies the controller sends, one compact JSON document per line
 //!   (without the `resourceVersion` precondition the controller adds).
+//!
+//! Offline, nothing checks the policy as the API server would, so `render` refuses what
+//! would go wrong silently there:
+//! - fields the CRD schema does not declare (the server would prune a typo such as
+//!   `virtHandlr` without a word), see [`unknown_fields`];
+//! - a paused policy: the operator writes nothing while paused, so there is nothing to print
+//!   ([`RenderError::Paused`]; the binary exits with status 3 and an empty stdout, so a
+//!   pipeline never commits an empty list by mistake);
+//! - a `--kubevirt` object the policy cannot apply to (another namespace, or another name
+//!   than `spec.kubevirtRef.name`).
+//!
+//! Without a target object the printed `patches` list holds only this policy's entries;
+//! the list is atomic, so [`Rendered::warnings`] says it would replace the CR's whole list.
 
+pub mod unknown_fields;
+
+use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
 use crate::api::hyperconverged::KUBEVIRT_JSONPATCH_ANNOTATION;
@@ -26,6 +42,17 @@ pub const DEFAULT_KUBEVIRT_NAME: &str = "kubevirt";
 pub enum RenderError {
     #[error("cannot read the policy: {0}")]
     Policy(String),
+    #[error(
+        "the policy has fields the MetricsSidecarPolicy schema does not know, which the API server would drop silently: {}. Check their spelling (kubectl explain metricssidecarpolicy.spec)",
+        .0.join(", ")
+    )]
+    UnknownFields(Vec<String>),
+    #[error(
+        "policy {0} is paused (spec.paused: true): the operator writes nothing while a policy is paused, so there is nothing to render. Set spec.paused to false to render it"
+    )]
+    Paused(String),
+    #[error("the policy cannot apply to the given {kind}: {reason}")]
+    TargetMismatch { kind: &'static str, reason: String },
     #[error("cannot read the target: {0}")]
     Target(String),
     #[error("the target is a {0}, expected a KubeVirt or HyperConverged object")]
@@ -59,14 +86,71 @@ pub struct Rendered {
     pub target_request: Value,
     /// virt-operator Deployment apply body, when enabled.
     pub virt_operator: Option<Value>,
+    /// What the user must know before using the output (printed on stderr).
+    pub warnings: Vec<String>,
 }
 
-/// Parses the policy YAML (the first document whose kind is MetricsSidecarPolicy).
+/// What `render` prints: the documents (stdout) and the warnings (stderr).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub text: String,
+    pub warnings: Vec<String>,
+}
+
+/// The warning of a render without `--kubevirt`.
+pub const WHOLE_LIST_WARNING: &str = "no --kubevirt given: the printed spec.customizeComponents.patches holds only this policy's entries. That list is atomic: applied as is, it replaces the KubeVirt CR's whole patches list and drops every other entry in it. Pass the current KubeVirt CR with --kubevirt to keep them";
+
+/// Parses the policy YAML (the first document whose kind is MetricsSidecarPolicy); fields
+/// its schema does not declare are an error.
 pub fn parse_policy(text: &str) -> Result<MetricsSidecarPolicy, RenderError> {
     let document = find_document(text, |kind| kind == "MetricsSidecarPolicy")
         .map_err(RenderError::Policy)?
         .ok_or_else(|| RenderError::Policy("no MetricsSidecarPolicy document".to_owned()))?;
+    let unknown = unknown_fields::unknown_fields(&document, &policy_schema()?);
+    if !unknown.is_empty() {
+        return Err(RenderError::UnknownFields(unknown));
+    }
     serde_json::from_value(document).map_err(|e| RenderError::Policy(e.to_string()))
+}
+
+/// The openAPIV3Schema of the CRD the operator generates (what the server prunes with).
+fn policy_schema() -> Result<Value, RenderError> {
+    let crd = MetricsSidecarPolicy::crd();
+    let schema = crd
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .ok_or_else(|| RenderError::Policy("the generated CRD has no schema".to_owned()))?;
+    serde_json::to_value(schema).map_err(|e| RenderError::Policy(e.to_string()))
+}
+
+/// Refuses a target the policy cannot apply to: the controller only injects into a CR in
+/// the policy's namespace, and only into the one `spec.kubevirtRef` names.
+fn check_target(policy: &MetricsSidecarPolicy, target: &Target) -> Result<(), RenderError> {
+    let (kind, meta) = match target {
+        Target::KubeVirt(kv) => ("KubeVirt CR", &kv.metadata),
+        Target::HyperConverged(hc) => ("HyperConverged CR", &hc.metadata),
+    };
+    let mismatch = |reason: String| RenderError::TargetMismatch { kind, reason };
+    if let (Some(ours), Some(theirs)) = (&policy.metadata.namespace, &meta.namespace)
+        && ours != theirs
+    {
+        return Err(mismatch(format!(
+            "the policy is in namespace {ours} and the {kind} in {theirs}; the operator only injects into a KubeVirt CR in the policy's namespace"
+        )));
+    }
+    if let (Target::KubeVirt(_), Some(reference), Some(name)) =
+        (target, &policy.spec.kubevirt_ref, &meta.name)
+        && &reference.name != name
+    {
+        return Err(mismatch(format!(
+            "spec.kubevirtRef.name is {} but the KubeVirt CR is named {name}",
+            reference.name
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a KubeVirt or HyperConverged object (the first such document).
@@ -115,6 +199,19 @@ pub fn render(
     target: Option<&Target>,
     defaults: &PlanDefaults,
 ) -> Result<Rendered, RenderError> {
+    if let Some(target) = target {
+        check_target(&policy, target)?;
+    }
+    if policy.spec.paused {
+        let namespace = policy.metadata.namespace.as_deref().unwrap_or("");
+        let name = policy.metadata.name.as_deref().unwrap_or("");
+        let shown = if namespace.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{namespace}/{name}")
+        };
+        return Err(RenderError::Paused(shown));
+    }
     if policy.metadata.namespace.is_none() {
         let namespace = match target {
             Some(Target::KubeVirt(kv)) => kv.metadata.namespace.clone(),
@@ -137,10 +234,16 @@ pub fn render(
             kubevirt_writes(&kv, &plan)
         }
     };
+    let warnings = if target.is_none() {
+        vec![WHOLE_LIST_WARNING.to_owned()]
+    } else {
+        Vec::new()
+    };
     Ok(Rendered {
         target_object,
         target_request,
         virt_operator: plan.virt_operator.clone(),
+        warnings,
     })
 }
 
@@ -223,9 +326,94 @@ pub fn render_text(
     target: Option<&str>,
     defaults: &PlanDefaults,
     output: OutputFormat,
-) -> Result<String, RenderError> {
+) -> Result<Output, RenderError> {
     let policy = parse_policy(policy)?;
     let target = target.map(parse_target).transpose()?;
     let rendered = render(policy, target.as_ref(), defaults)?;
-    format(&rendered, output)
+    Ok(Output {
+        text: format(&rendered, output)?,
+        warnings: rendered.warnings,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+apiVersion: metrics.kubevirt.io/v1alpha1
+kind: MetricsSidecarPolicy
+metadata: {name: metrics, namespace: kubevirt}
+spec:
+  defaults: {image: "quay.io/kubevirt/metrics-sidecars:v0.1.0"}
+  components: {virtHandler: {}}
+"#;
+
+    fn kubevirt(namespace: &str, name: &str) -> String {
+        format!(
+            "apiVersion: kubevirt.io/v1\nkind: KubeVirt\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {{}}\n"
+        )
+    }
+
+    fn render(policy: &str, target: Option<&str>) -> Result<Output, RenderError> {
+        render_text(policy, target, &PlanDefaults::default(), OutputFormat::Yaml)
+    }
+
+    #[test]
+    fn a_typo_in_the_policy_is_an_error_naming_the_field() {
+        let typo = POLICY.replace("virtHandler", "virtHandlr");
+        let err = render(&typo, None).unwrap_err();
+        assert!(
+            matches!(&err, RenderError::UnknownFields(f) if f == &["spec.components.virtHandlr"]),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("would drop silently: spec.components.virtHandlr")
+        );
+    }
+
+    #[test]
+    fn a_paused_policy_renders_nothing_and_says_why() {
+        let paused = POLICY.replace("spec:\n", "spec:\n  paused: true\n");
+        let err = render(&paused, Some(&kubevirt("kubevirt", "kubevirt"))).unwrap_err();
+        assert!(matches!(&err, RenderError::Paused(p) if p == "kubevirt/metrics"));
+        assert!(err.to_string().contains("spec.paused: true"), "{err}");
+    }
+
+    #[test]
+    fn without_a_target_the_output_warns_that_it_replaces_the_whole_list() {
+        let out = render(POLICY, None).unwrap();
+        assert_eq!(out.warnings, vec![WHOLE_LIST_WARNING.to_owned()]);
+        assert!(out.text.contains("customizeComponents"));
+        let out = render(POLICY, Some(&kubevirt("kubevirt", "kubevirt"))).unwrap();
+        assert!(out.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_target_the_policy_cannot_apply_to_is_an_error() {
+        let err = render(POLICY, Some(&kubevirt("other", "kubevirt"))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the policy cannot apply to the given KubeVirt CR: the policy is in namespace kubevirt and the KubeVirt CR in other; the operator only injects into a KubeVirt CR in the policy's namespace"
+        );
+        let named = POLICY.replace("spec:\n", "spec:\n  kubevirtRef: {name: kv-a}\n");
+        let err = render(&named, Some(&kubevirt("kubevirt", "kv-b"))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the policy cannot apply to the given KubeVirt CR: spec.kubevirtRef.name is kv-a but the KubeVirt CR is named kv-b"
+        );
+        // Matching name, and a policy without a namespace (it takes the CR's): fine.
+        assert!(render(&named, Some(&kubevirt("kubevirt", "kv-a"))).is_ok());
+        let no_namespace = POLICY.replace(", namespace: kubevirt", "");
+        assert!(render(&no_namespace, Some(&kubevirt("other", "kubevirt"))).is_ok());
+        // A HyperConverged CR in another namespace.
+        let hco = "apiVersion: hco.kubevirt.io/v1beta1\nkind: HyperConverged\nmetadata: {name: kubevirt-hyperconverged, namespace: openshift-cnv}\nspec: {}\n";
+        let err = render(POLICY, Some(hco)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("the policy cannot apply to the given HyperConverged CR: the policy is in namespace kubevirt"),
+            "{err}"
+        );
+    }
 }

@@ -244,3 +244,30 @@ fn kubevirt_ref_name_must_not_be_empty() {
     assert_rejected(json!({"kubevirtRef": {"name": ""}}), "must not be empty");
     assert_admitted(json!({"kubevirtRef": {"name": "kubevirt"}}));
 }
+
+/// A valid spec with `rollout` set.
+fn with_rollout(rollout: Value) -> Value {
+    let mut spec = with_defaults(json!({}));
+    spec["rollout"] = rollout;
+    spec
+}
+
+#[test]
+fn unhealthy_timeout_must_be_a_duration_within_bounds() {
+    for bad in ["300", "5 m", "five", "-5m", "1d"] {
+        assert_rejected(
+            with_rollout(json!({"unhealthyTimeout": bad})),
+            "unhealthyTimeout must be a duration such as",
+        );
+    }
+    for bad in ["4s", "4999ms", "61m", "2h"] {
+        assert_rejected(
+            with_rollout(json!({"unhealthyTimeout": bad})),
+            "unhealthyTimeout must be between 5s and 1h",
+        );
+    }
+    for ok in ["5s", "90s", "5m", "1m30s", "1h"] {
+        assert_admitted(with_rollout(json!({"unhealthyTimeout": ok})));
+    }
+    assert_admitted(with_rollout(json!({})));
+}

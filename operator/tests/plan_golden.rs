@@ -72,6 +72,7 @@ fn render_case(case: &Path, format: OutputFormat) -> String {
         format,
     )
     .unwrap_or_else(|e| panic!("{}: {e}", case.display()))
+    .text
 }
 
 fn check_golden(path: &Path, actual: &str) {
@@ -121,7 +122,8 @@ fn output_is_byte_stable_across_input_formatting() {
             &PlanDefaults::default(),
             OutputFormat::Json,
         )
-        .unwrap();
+        .unwrap()
+        .text;
         assert_eq!(first, again, "{}", case.display());
     }
 }

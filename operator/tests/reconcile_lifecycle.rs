@@ -1,5 +1,6 @@
 //! Reconcile against a scripted API server: deletion cleanup, the HyperConverged path,
-//! paused policies, a second policy on the same KubeVirt CR, waiting for KubeVirt.
+//! paused policies, a second policy on the same KubeVirt CR, a KubeVirt CR still deploying
+//! (written to) or being deleted (not written to).
 
 #![allow(
     clippy::unwrap_used,
@@ -83,7 +84,10 @@ async fn deletion_with_nothing_of_ours_left_only_drops_the_finalizer() {
     let a = foreign_virt_api();
     let task = spawn_reconcile(&p, &ctx);
     server
-        .reads_without_sidecars(&[kubevirt("20", Some(vec![a]))], &[p.clone()])
+        .lists(&[kubevirt("20", Some(vec![a]))], &[p.clone()])
+        .await;
+    server
+        .workloads(&[virt_handler(false)], &deployments(false))
         .await;
     let r = server.expect("PATCH", &format!("{MSP_PATH}/metrics")).await;
     r.ok(&p);
@@ -143,6 +147,7 @@ async fn a_hyperconverged_owner_gets_the_annotation_and_the_kubevirt_cr_is_untou
     server
         .workloads(&[virt_handler(false)], &deployments(false))
         .await;
+    server.pods(&[]).await;
 
     let r = server.expect("PATCH", &hco_path()).await;
     r.assert_merge_patch();
@@ -314,29 +319,89 @@ async fn the_younger_of_two_policies_changes_nothing_and_says_why() {
 }
 
 #[tokio::test]
-async fn a_kubevirt_cr_that_is_not_deployed_is_waited_for() {
-    let (ctx, mut server) = setup();
-    let p = policy("metrics", CREATED);
-    let mut kv = kubevirt("5", None);
-    kv["status"]["phase"] = json!("Deploying");
-    let task = spawn_reconcile(&p, &ctx);
-    server.lists(&[kv], &[p.clone()]).await;
-    let status = server.status_apply("metrics").await;
-    assert_eq!(condition(&status, "Ready")["reason"], "KubeVirtNotDeployed");
-    assert_eq!(condition(&status, "Progressing")["status"], "True");
-    assert!(
-        condition(&status, "Ready")["message"]
-            .as_str()
-            .unwrap()
-            .contains("waiting for phase Deployed")
-    );
-    let (_, reason, _) = server.event().await;
-    assert_eq!(reason, "WaitingForKubeVirt");
-    assert_eq!(
-        task.await.unwrap().unwrap(),
-        Action::requeue(Duration::from_secs(30))
-    );
-    server.done(ctx).await;
+async fn a_kubevirt_cr_that_is_still_deploying_gets_our_entries_and_the_status_says_so() {
+    for phase in [Some("Deploying"), None] {
+        let (ctx, mut server) = setup();
+        let p = policy("metrics", CREATED);
+        let ours = our_entries(&p);
+        let mut kv = kubevirt("5", None);
+        match phase {
+            Some(phase) => kv["status"]["phase"] = json!(phase),
+            None => {
+                kv.as_object_mut().unwrap().remove("status");
+            }
+        }
+        let task = spawn_reconcile(&p, &ctx);
+        server.lists(&[kv], &[p.clone()]).await;
+        // Nothing is rolled out yet: virt-operator is still creating the workloads.
+        server.workloads(&[], &[]).await;
+        server.pods(&[]).await;
+        let r = server.expect("PATCH", &format!("{KV_PATH}/kubevirt")).await;
+        r.assert_merge_patch();
+        let body = r.body.clone().unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], "5");
+        assert_eq!(
+            body["spec"]["customizeComponents"]["patches"],
+            Value::Array(ours.clone()),
+            "written before virt-operator reports Deployed"
+        );
+        r.ok(&kubevirt("6", Some(ours)));
+        let status = server.status_apply("metrics").await;
+        let ready = condition(&status, "Ready");
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "KubeVirtDeploying");
+        let progressing = condition(&status, "Progressing");
+        assert_eq!(progressing["status"], "True");
+        assert_eq!(progressing["reason"], "KubeVirtDeploying");
+        assert_eq!(
+            progressing["message"],
+            format!(
+                "KubeVirt CR kubevirt/kubevirt is still deploying (status.phase {}): the sidecar entries are written and virt-operator applies them as it deploys",
+                phase.unwrap_or("unset")
+            )
+        );
+        assert_eq!(condition(&status, "Degraded")["status"], "False");
+        assert_eq!(status["injectedComponents"], "virt-handler,virt-controller");
+        let (type_, reason, _) = server.event().await;
+        assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "Injected"));
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Action::requeue(Duration::from_secs(30))
+        );
+        server.done(ctx).await;
+    }
+}
+
+#[tokio::test]
+async fn a_kubevirt_cr_being_deleted_is_not_written_to() {
+    for (phase, deletion_timestamp) in [
+        ("Deleting", true),
+        ("Deleting", false),
+        ("Deleted", false),
+        ("Deployed", true),
+    ] {
+        let (ctx, mut server) = setup();
+        let p = policy("metrics", CREATED);
+        let mut kv = kubevirt("5", None);
+        kv["status"]["phase"] = json!(phase);
+        if deletion_timestamp {
+            kv["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z");
+        }
+        let task = spawn_reconcile(&p, &ctx);
+        server.lists(&[kv], &[p.clone()]).await;
+        // No workload read and no write: only the status and the event.
+        let status = server.status_apply("metrics").await;
+        assert_eq!(condition(&status, "Ready")["reason"], "KubeVirtDeleting");
+        assert_eq!(
+            condition(&status, "Ready")["message"],
+            "KubeVirt CR kubevirt/kubevirt is being deleted; waiting for a new one"
+        );
+        let (_, reason, _) = server.event().await;
+        assert_eq!(reason, "WaitingForKubeVirt");
+        task.await.unwrap().unwrap();
+        assert_eq!(ctx.metrics.writes(WriteTarget::KubeVirt), 0);
+        server.done(ctx).await;
+    }
 }
 
 #[tokio::test]

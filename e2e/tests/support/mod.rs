@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod kubevirt_peer;
+pub mod pods;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -58,6 +58,10 @@ pub struct KubeVirtStatus {
 
 /// KubeVirt's phase once the install is complete.
 pub const PHASE_DEPLOYED: &str = "Deployed";
+/// virt-operator is tearing KubeVirt down (set once the CR has a deletionTimestamp).
+pub const PHASE_DELETING: &str = "Deleting";
+/// virt-operator has finished tearing KubeVirt down.
+pub const PHASE_DELETED: &str = "Deleted";
 
 impl KubeVirt {
     /// The current `spec.customizeComponents.patches`, empty when absent.
@@ -69,11 +73,23 @@ impl KubeVirt {
             .unwrap_or(&[])
     }
 
-    /// Whether KubeVirt reports a finished install (`status.phase == Deployed`).
-    pub fn is_deployed(&self) -> bool {
+    /// `status.phase`, if virt-operator has set one (KubeVirt's unset phase is "").
+    pub fn phase(&self) -> Option<&str> {
         self.status
             .as_ref()
             .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == PHASE_DEPLOYED)
+            .filter(|p| !p.is_empty())
+    }
+
+    /// Whether KubeVirt reports a finished install (`status.phase == Deployed`).
+    pub fn is_deployed(&self) -> bool {
+        self.phase() == Some(PHASE_DEPLOYED)
+    }
+
+    /// Whether the CR is going away: a deletionTimestamp, or virt-operator reports phase
+    /// Deleting or Deleted. Nothing may be written to it then.
+    pub fn is_deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+            || matches!(self.phase(), Some(PHASE_DELETING | PHASE_DELETED))
     }
 }

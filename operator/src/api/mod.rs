@@ -12,8 +12,8 @@ pub use kubevirt::{CustomizeComponents, KubeVirt, KubeVirtSpec, KubeVirtStatus};
 pub use policy::{
     CollectorMode, ComponentSettings, ComponentStatus, Components, InjectionMethod, KubeVirtRef,
     MetricsSidecarPolicy, MetricsSidecarPolicySpec, MetricsSidecarPolicyStatus, ObjectName,
-    PullPolicy, RolloutStatus, SidecarSettings, StatsSource, TlsSettings, VirtHandlerSettings,
-    injected_components_summary,
+    PullPolicy, RolledBack, RolloutSettings, RolloutStatus, SidecarSettings, StatsSource,
+    TlsSettings, VirtHandlerSettings, injected_components_summary,
 };
 
 use kube::CustomResourceExt;
@@ -41,8 +41,9 @@ pub mod conditions {
     pub const REASON_KUBEVIRT_AMBIGUOUS: &str = "KubeVirtAmbiguous";
     /// The KubeVirt CR is being deleted.
     pub const REASON_KUBEVIRT_DELETING: &str = "KubeVirtDeleting";
-    /// The KubeVirt CR exists but KubeVirt is not deployed yet.
-    pub const REASON_KUBEVIRT_NOT_DEPLOYED: &str = "KubeVirtNotDeployed";
+    /// Our entries are written, but virt-operator has not finished deploying KubeVirt yet
+    /// (`status.phase` is not `Deployed`); it applies them as it deploys.
+    pub const REASON_KUBEVIRT_DEPLOYING: &str = "KubeVirtDeploying";
     /// An older policy already targets the same KubeVirt CR; this one changes nothing.
     pub const REASON_CONFLICTING_POLICY: &str = "ConflictingPolicy";
     /// `spec.paused` is true: no writes.
@@ -51,7 +52,9 @@ pub mod conditions {
     pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
     /// Writing the KubeVirt CR, HyperConverged CR or virt-operator Deployment failed.
     pub const REASON_WRITE_FAILED: &str = "WriteFailed";
-    /// A sidecar container restarts or is not ready, which blocks KubeVirt's rollout.
+    /// A sidecar container crash-looped or stayed unready past `spec.rollout.unhealthyTimeout`
+    /// (which would block KubeVirt's rollout): its component's entry was taken out until the
+    /// policy changes.
     pub const REASON_SIDECAR_UNHEALTHY: &str = "SidecarUnhealthy";
 }
 

@@ -12,7 +12,7 @@
 //! (`x-kubernetes-validations`), each tested in `tests/crd_cel.rs`.
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,31 @@ pub struct MetricsSidecarPolicySpec {
     /// `enabled: false`; a component not listed gets none.
     #[serde(default)]
     pub components: Components,
+
+    /// Rollout safety: when a sidecar crash-loops or stays unready, the operator takes that
+    /// component's sidecar out again, so a KubeVirt rollout or upgrade is never blocked by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSettings>,
+}
+
+/// Default of `spec.rollout.unhealthyTimeout`.
+pub const DEFAULT_UNHEALTHY_TIMEOUT: &str = "5m";
+
+/// How the operator guards KubeVirt's rollout against a failing sidecar.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSettings {
+    /// How long a `metrics-sidecar` container may stay unready in a pod of a patched
+    /// workload before the operator removes that component's sidecar (default 5m), between
+    /// 5s and 1h, e.g. `5m`, `90s`. A crash-looping sidecar is removed at once. The
+    /// component stays without a sidecar until the policy's spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("unhealthyTimeout must be a duration such as 5m, 90s or 1m30s"),
+        validation = Rule::new("!self.matches('^([0-9]+(ms|s|m|h))+$') || (duration(self) >= duration('5s') && duration(self) <= duration('1h'))").message("unhealthyTimeout must be between 5s and 1h")
+    )]
+    pub unhealthy_timeout: Option<String>,
 }
 
 /// Names a KubeVirt CR in the policy's namespace.
@@ -365,6 +390,32 @@ pub struct MetricsSidecarPolicyStatus {
     /// One entry per enabled component.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<ComponentStatus>,
+
+    /// Components whose sidecar the operator took out because it crash-looped or stayed
+    /// unready. They stay out while `metadata.generation` equals the recorded generation:
+    /// change the policy's spec to inject them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rolled_back: Vec<RolledBack>,
+}
+
+/// One component rolled back for an unhealthy sidecar, and the evidence.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    /// virt-handler, virt-controller, virt-api or virt-operator.
+    pub component: Component,
+    /// The policy's `metadata.generation` when it was rolled back; a newer generation
+    /// injects it again.
+    pub generation: i64,
+    /// `<namespace>/<name>` of the pod whose sidecar failed.
+    pub pod: String,
+    /// The container's reason: its waiting reason (CrashLoopBackOff, ImagePullBackOff, ...),
+    /// its last termination reason (Error, OOMKilled, ...), or `Unready`.
+    pub reason: String,
+    /// The container's last message (waiting or termination message, exit code), in words.
+    pub message: String,
+    /// When the operator rolled it back.
+    pub time: Time,
 }
 
 /// Namespace and name of an object.

@@ -1,5 +1,6 @@
 //! Kubernetes Events on the policy for what a user wants to see in `kubectl describe msp`:
-//! sidecars injected or removed, a conflicting policy, waiting for KubeVirt, write failures.
+//! sidecars injected or removed, a conflicting policy, waiting for KubeVirt, write failures,
+//! a sidecar rolled back because it crash-looped or stayed unready.
 //!
 //! Transitions only: an event is published when the situation changes (new reason, or a
 //! write happened), not on every resync, so the event stream stays readable.
@@ -19,6 +20,8 @@ pub mod reasons {
     pub const PAUSED: &str = "Paused";
     pub const CLEANUP_SKIPPED: &str = "CleanupSkipped";
     pub const WRITE_FAILED: &str = "WriteFailed";
+    /// A sidecar crash-looped or stayed unready; its component's entry was taken out.
+    pub const SIDECAR_ROLLED_BACK: &str = "SidecarRolledBack";
 }
 
 /// One event to publish about a policy.

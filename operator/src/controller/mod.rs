@@ -1,10 +1,11 @@
 //! The controller: a kube-runtime `Controller` on MetricsSidecarPolicy, also triggered by
 //! KubeVirt CRs, HyperConverged CRs (when that CRD is served), other policies of the same
 //! namespace, and the component workloads (virt-handler DaemonSet; virt-controller,
-//! virt-api, virt-operator Deployments, selected by their `kubevirt.io` label).
+//! virt-api, virt-operator Deployments, selected by their `kubevirt.io` label) and their
+//! pods (a sidecar that crash-loops or stays unready is rolled back, see [`rollout`]).
 //!
 //! Layout: [`reconcile`] is the pipeline (observe → validate → plan → apply → status);
-//! [`target`] and [`status`] hold its pure decisions; [`observe`] and [`apply`] its I/O;
+//! [`target`], [`rollout`] and [`status`] hold its pure decisions; [`observe`] and [`apply`] its I/O;
 //! [`events`], [`metrics`], [`health`], [`leader`] the operational pieces; [`run`] wires
 //! them: HTTP endpoint, CRD check, discovery, leader election, controller, shutdown.
 
@@ -16,6 +17,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod reconcile;
+pub mod rollout;
 pub mod status;
 pub mod target;
 
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, controller, watcher};
@@ -373,6 +376,13 @@ fn build(
         namespaced_or_all::<Deployment>(client, ns),
         wc().labels(&observe::deployment_selector()),
         move |d: Deployment| map(d.namespace()),
+    );
+    // Pod status changes (a sidecar crash-looping, turning ready) drive rollout safety.
+    let map = to_policies(store.clone());
+    controller = controller.watches(
+        namespaced_or_all::<Pod>(client, ns),
+        wc().labels(&observe::pod_selector()),
+        move |pod: Pod| map(pod.namespace()),
     );
     if hyperconverged_crd {
         let map = to_policies(store);

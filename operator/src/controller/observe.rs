@@ -1,8 +1,9 @@
 //! Reads everything one reconciliation decides on. The order of requests is fixed (the mock
 //! API tests assert it): KubeVirt CRs, policies, then — once a target is known — the
-//! HyperConverged owner and the component workloads.
+//! HyperConverged owner, the component workloads and their pods.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
@@ -27,6 +28,14 @@ pub fn deployment_selector() -> String {
         .filter(|c| c.resource_type() == "Deployment")
         .map(|c| c.workload_name())
         .collect();
+    format!("{COMPONENT_LABEL} in ({})", names.join(","))
+}
+
+/// `kubevirt.io in (virt-handler,virt-controller,virt-api,virt-operator)`: the pods of every
+/// component workload, in one list. Which pod belongs to which workload is decided by the
+/// workload's own selector (`rollout`), this only keeps the list small.
+pub fn pod_selector() -> String {
+    let names: Vec<&str> = Component::ALL.iter().map(|c| c.workload_name()).collect();
     format!("{COMPONENT_LABEL} in ({})", names.join(","))
 }
 
@@ -109,6 +118,14 @@ pub async fn workloads(ctx: &Context, namespace: &str) -> Result<Workloads, kube
     })
 }
 
+/// The pods of the component workloads (rollout safety judges their sidecar).
+pub async fn component_pods(ctx: &Context, namespace: &str) -> Result<Vec<Pod>, kube::Error> {
+    Ok(Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&pod_selector()))
+        .await?
+        .items)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -118,6 +135,10 @@ mod tests {
         assert_eq!(
             super::deployment_selector(),
             "kubevirt.io in (virt-controller,virt-api,virt-operator)"
+        );
+        assert_eq!(
+            super::pod_selector(),
+            "kubevirt.io in (virt-handler,virt-controller,virt-api,virt-operator)"
         );
     }
 }

@@ -1,9 +1,11 @@
 //! One reconciliation of one policy: observe → validate → plan → apply → status.
 //!
 //! - observe: the namespace's KubeVirt CRs and policies; then the target's HyperConverged
-//!   owner and the component workloads (`observe`).
-//! - validate: which CR, whether it is usable, whether this policy owns it (`target`).
-//! - plan: the pure `crate::plan`.
+//!   owner, the component workloads and their pods (`observe`).
+//! - validate: which CR, whether it is usable (it exists and is not being deleted; one that
+//!   virt-operator is still deploying is written to), whether this policy owns it (`target`).
+//! - plan: the pure `crate::plan`, minus the components whose sidecar crash-looped or stayed
+//!   unready (`rollout`; they stay out until the policy's generation changes).
 //! - apply: optimistic writes, none when nothing changes (`apply`).
 //! - status: conditions and per-component facts, written only when they change (`status`).
 //!
@@ -14,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
@@ -25,13 +27,14 @@ use super::apply::{self, ApplyError};
 use super::context::Context;
 use super::events::{self, Notice, reasons};
 use super::observe::{self, Workloads};
+use super::rollout;
 use super::status::{self, Report, State};
 use super::target::{self, Waiting};
 use crate::api::{
     Component, ComponentStatus, FINALIZER, HyperConverged, InjectionMethod,
-    KUBEVIRT_JSONPATCH_ANNOTATION, KubeVirt, MetricsSidecarPolicy, ObjectName,
+    KUBEVIRT_JSONPATCH_ANNOTATION, KubeVirt, MetricsSidecarPolicy, ObjectName, RolledBack,
 };
-use crate::plan::{self, Plan, PlanError, is_owned_by};
+use crate::plan::{self, Plan, PlanError, PlannedSidecar, is_owned_by};
 
 /// Errors of one reconciliation. The controller logs them, counts them and requeues.
 #[derive(Debug, thiserror::Error)]
@@ -172,21 +175,23 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
         .await
         .map_err(read("KubeVirt CRs and policies"))?;
 
-    let kv = match target::ready_target(policy, &seen.kubevirts) {
+    let kv = match target::live_target(policy, &seen.kubevirts) {
         Ok(kv) => kv,
         Err(waiting) => return wait(ctx, policy, &namespace, waiting).await,
+    };
+    let report = |state, method, components| Report {
+        state,
+        kubevirt: Some(object_name(kv)),
+        method,
+        components,
+        rolled_back: Vec::new(),
     };
     if let Err(winner) = target::arbitrate(policy, kv, &seen.policies, &seen.kubevirts) {
         let note = format!(
             "policy {namespace}/{winner} is older and owns KubeVirt CR {namespace}/{}; this policy changes nothing",
             kv.name_any()
         );
-        let report = Report {
-            state: State::Conflict { winner },
-            kubevirt: Some(object_name(kv)),
-            method: None,
-            components: Vec::new(),
-        };
+        let report = report(State::Conflict { winner }, None, Vec::new());
         let notice = Notice::warning(reasons::CONFLICTING_POLICY, "Arbitrate", note);
         finish(ctx, policy, report, Some(notice)).await?;
         return Ok(Action::requeue(ctx.settings.wait * 2));
@@ -205,12 +210,11 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
                     kv.name_any(),
                     owner.name
                 );
-                let report = Report {
-                    state: State::HyperConvergedMissing(message),
-                    kubevirt: Some(object_name(kv)),
-                    method: Some(method),
-                    components: Vec::new(),
-                };
+                let report = report(
+                    State::HyperConvergedMissing(message),
+                    Some(method),
+                    Vec::new(),
+                );
                 finish(ctx, policy, report, None).await?;
                 return Ok(Action::requeue(ctx.settings.wait));
             }
@@ -220,16 +224,18 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
     let workloads = observe::workloads(ctx, &namespace)
         .await
         .map_err(read("component workloads"))?;
+    let pods = observe::component_pods(ctx, &namespace)
+        .await
+        .map_err(read("component pods"))?;
 
-    let plan = match plan::plan(policy, Some(kv), &ctx.settings.plan_defaults) {
+    let full_plan = match plan::plan(policy, Some(kv), &ctx.settings.plan_defaults) {
         Ok(plan) => plan,
         Err(err) => {
-            let report = Report {
-                state: State::InvalidSpec(err.to_string()),
-                kubevirt: Some(object_name(kv)),
-                method: Some(method),
-                components: Vec::new(),
-            };
+            let report = report(
+                State::InvalidSpec(err.to_string()),
+                Some(method),
+                Vec::new(),
+            );
             let notice = Notice::warning(
                 crate::api::conditions::REASON_INVALID_SPEC,
                 "Plan",
@@ -241,14 +247,21 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
     };
 
     if policy.spec.paused {
-        let in_place = owned_in_cr(kv, hco.as_ref(), &plan.owner);
-        let components = component_report(ctx, &plan, &workloads, &in_place, &namespace, true);
-        let report = Report {
-            state: State::Paused,
-            kubevirt: Some(object_name(kv)),
-            method: Some(method),
-            components: components.into_iter().map(|(s, _)| s).collect(),
-        };
+        let in_place = owned_in_cr(kv, hco.as_ref(), &full_plan.owner);
+        let components = component_report(
+            ctx,
+            &full_plan,
+            &workloads,
+            &in_place,
+            &namespace,
+            true,
+            &[],
+        );
+        let report = report(
+            State::Paused,
+            Some(method),
+            components.into_iter().map(|(s, _)| s).collect(),
+        );
         let notice = Notice::normal(
             reasons::PAUSED,
             "Pause",
@@ -257,6 +270,22 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
         finish(ctx, policy, report, Some(notice)).await?;
         return Ok(Action::requeue(ctx.settings.resync));
     }
+
+    // Rollout safety: components rolled back at this generation stay out; the others'
+    // pods are judged now.
+    let held = rollout::active(policy);
+    let held_components: Vec<Component> = held.iter().map(|r| r.component).collect();
+    let decision = rollout::decide(
+        &rollout::watched(&full_plan, &workloads, &held_components),
+        &pods,
+        rollout::unhealthy_timeout(policy),
+        policy.metadata.generation.unwrap_or(0),
+        &status::now(),
+    );
+    let mut rolled_back = held;
+    rolled_back.extend(decision.rollbacks.iter().cloned());
+    let excluded: Vec<Component> = rolled_back.iter().map(|r| r.component).collect();
+    let plan = full_plan.without(&excluded);
 
     let result = match leave_other_crs(ctx, kv, &seen.kubevirts, &plan.owner).await {
         Ok(()) => write_all(ctx, kv, hco.as_ref(), &plan, &workloads).await,
@@ -269,46 +298,76 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
                 .iter()
                 .map(|e| e.resource_name.clone())
                 .collect();
-            let components = component_report(ctx, &plan, &workloads, &in_place, &namespace, false);
+            let components = component_report(
+                ctx,
+                &full_plan,
+                &workloads,
+                &in_place,
+                &namespace,
+                false,
+                &rolled_back,
+            );
             let waiting_for: Vec<Component> = components
                 .iter()
                 .filter(|(_, done)| !done)
                 .map(|(s, _)| s.component)
                 .collect();
-            let state = if waiting_for.is_empty() {
-                State::Injected
-            } else {
-                State::RollingOut { waiting_for }
+            let state = match target::deploying_phase(kv) {
+                Some(phase) => State::KubeVirtDeploying {
+                    name: kv.name_any(),
+                    phase,
+                },
+                None if waiting_for.is_empty() => State::Injected,
+                None => State::RollingOut { waiting_for },
             };
-            let requeue = if state == State::Injected {
+            let mut requeue = if state == State::Injected {
                 ctx.settings.resync
             } else {
                 ctx.settings.wait
             };
-            let report = Report {
+            if let Some(recheck) = decision.recheck_after {
+                // An unready sidecar reaches its bound then; no event marks that moment.
+                requeue = requeue.min(recheck + Duration::from_secs(1));
+            }
+            let mut report = report(
                 state,
-                kubevirt: Some(object_name(kv)),
-                method: Some(method),
-                components: components.into_iter().map(|(s, _)| s).collect(),
-            };
+                Some(method),
+                components.into_iter().map(|(s, _)| s).collect(),
+            );
+            report.rolled_back = decision.rollbacks.clone();
             finish(ctx, policy, report, None).await?;
-            if wrote {
+            for rollback in &decision.rollbacks {
+                events::publish(ctx, policy, &rolled_back_notice(rollback)).await;
+            }
+            if wrote && decision.rollbacks.is_empty() {
                 events::publish(ctx, policy, &injected_notice(&plan, kv, method)).await;
             }
             Ok(Action::requeue(requeue))
         }
         Err(err) => {
-            let report = Report {
-                state: State::WriteFailed(err.to_string()),
-                kubevirt: Some(object_name(kv)),
-                method: Some(method),
-                components: Vec::new(),
-            };
+            let mut report = report(
+                State::WriteFailed(err.to_string()),
+                Some(method),
+                Vec::new(),
+            );
+            report.rolled_back = decision.rollbacks;
             let notice = Notice::warning(reasons::WRITE_FAILED, "Inject", err.to_string());
             finish(ctx, policy, report, Some(notice)).await?;
             Err(err.into())
         }
     }
+}
+
+/// The Warning a user sees when a component's sidecar is taken out.
+fn rolled_back_notice(rollback: &RolledBack) -> Notice {
+    Notice::warning(
+        reasons::SIDECAR_ROLLED_BACK,
+        "Rollback",
+        format!(
+            "removed the sidecar of {} so KubeVirt's rollout is not blocked ({}): {}. Change the policy's spec to inject it again",
+            rollback.component, rollback.reason, rollback.message
+        ),
+    )
 }
 
 async fn wait(
@@ -318,12 +377,7 @@ async fn wait(
     waiting: Waiting,
 ) -> Result<Action, ReconcileError> {
     let note = waiting.message(namespace);
-    let report = Report {
-        state: State::Waiting(waiting),
-        kubevirt: None,
-        method: None,
-        components: Vec::new(),
-    };
+    let report = Report::bare(State::Waiting(waiting));
     let notice = Notice::normal(reasons::WAITING_FOR_KUBEVIRT, "Wait", note);
     finish(ctx, policy, report, Some(notice)).await?;
     Ok(Action::requeue(ctx.settings.wait))
@@ -400,7 +454,8 @@ fn owned_in_cr(kv: &KubeVirt, hco: Option<&HyperConverged>, owner: &str) -> BTre
         .collect()
 }
 
-/// One status line per enabled component, and whether it counts as done.
+/// One status line per enabled component, and whether it counts as done. A rolled-back
+/// component is not injected, says why, and counts as done (nothing to wait for).
 fn component_report(
     ctx: &Context,
     plan: &Plan,
@@ -408,17 +463,24 @@ fn component_report(
     in_cr: &BTreeSet<String>,
     namespace: &str,
     observed_only: bool,
+    rolled_back: &[RolledBack],
 ) -> Vec<(ComponentStatus, bool)> {
     plan.sidecars
         .iter()
         .map(|sidecar| {
             let component = sidecar.component;
-            let container = sidecar
-                .container
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or(&ctx.settings.plan_defaults.container_name);
-            let live = status::live(workloads, component, container);
+            let live = status::live(workloads, component, container_name(ctx, sidecar));
+            if let Some(r) = rolled_back.iter().find(|r| r.component == component) {
+                let mut line = status::component_status(
+                    component,
+                    false,
+                    Some(sidecar.image.clone()),
+                    &live,
+                    namespace,
+                );
+                line.message = Some(format!("sidecar rolled back ({}): {}", r.reason, r.message));
+                return (line, true);
+            }
             let injected = if component.via_customize_components() {
                 in_cr.contains(component.workload_name())
             } else {
@@ -437,6 +499,14 @@ fn component_report(
             (line, done)
         })
         .collect()
+}
+
+fn container_name<'a>(ctx: &'a Context, sidecar: &'a PlannedSidecar) -> &'a str {
+    sidecar
+        .container
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or(&ctx.settings.plan_defaults.container_name)
 }
 
 fn injected_notice(plan: &Plan, kv: &KubeVirt, method: InjectionMethod) -> Notice {

@@ -13,11 +13,12 @@ use serde_json::json;
 use super::context::Context;
 use super::metrics::WriteTarget;
 use super::observe::Workloads;
+use super::rollout;
 use super::target::Waiting;
 use crate::api::conditions::{self as cond};
 use crate::api::{
     Component, ComponentStatus, InjectionMethod, MetricsSidecarPolicy, MetricsSidecarPolicyStatus,
-    ObjectName, RolloutStatus, injected_components_summary,
+    ObjectName, RolledBack, RolloutStatus, injected_components_summary,
 };
 
 /// Reason of a `Degraded=False` condition.
@@ -42,6 +43,9 @@ pub enum State {
     WriteFailed(String),
     /// The KubeVirt CR is owned by a HyperConverged object that cannot be read.
     HyperConvergedMissing(String),
+    /// Written, but virt-operator has not finished deploying KubeVirt (`status.phase` is
+    /// `phase`, not Deployed); it applies our entries as it deploys.
+    KubeVirtDeploying { name: String, phase: String },
 }
 
 /// Everything [`desired`] needs besides the policy.
@@ -51,6 +55,22 @@ pub struct Report {
     pub kubevirt: Option<ObjectName>,
     pub method: Option<InjectionMethod>,
     pub components: Vec<ComponentStatus>,
+    /// Rollbacks decided in this reconcile. Earlier ones of the same policy generation are
+    /// kept from the current status by [`desired`], whatever the state.
+    pub rolled_back: Vec<RolledBack>,
+}
+
+impl Report {
+    /// A report with no target details (waiting, conflicts before the target is known).
+    pub fn bare(state: State) -> Self {
+        Self {
+            state,
+            kubevirt: None,
+            method: None,
+            components: Vec::new(),
+            rolled_back: Vec::new(),
+        }
+    }
 }
 
 /// Seconds precision, as the API server stores it, so a status read back compares equal.
@@ -72,8 +92,9 @@ pub fn desired(
         .map(|s| s.conditions.as_slice())
         .unwrap_or(&[]);
     let namespace = policy.namespace().unwrap_or_default();
-    let [ready, progressing, degraded] =
-        condition_triples(&report.state, &namespace, &report.components);
+    let rolled_back = rollbacks_to_show(policy, &report.rolled_back);
+    let triples = condition_triples(&report.state, &namespace, &report.components);
+    let [ready, progressing, degraded] = with_rollbacks(&report.state, triples, &rolled_back);
     let conditions = [
         (cond::READY, ready),
         (cond::PROGRESSING, progressing),
@@ -91,10 +112,60 @@ pub fn desired(
         injection_method: report.method,
         injected_components: Some(injected_components_summary(&report.components)),
         components: report.components.clone(),
+        rolled_back,
     }
 }
 
+/// The rollbacks of the policy's current generation: those already in its status, updated
+/// by the ones just decided; in component order.
+fn rollbacks_to_show(policy: &MetricsSidecarPolicy, new: &[RolledBack]) -> Vec<RolledBack> {
+    let mut all = rollout::active(policy);
+    for record in new {
+        all.retain(|r| r.component != record.component);
+        all.push(record.clone());
+    }
+    all.sort_by_key(|r| r.component);
+    all
+}
+
 type Triple = (bool, &'static str, String);
+
+/// While a component is rolled back, the policy is not Ready and is Degraded, with the
+/// container's reason and last message, whatever else went well.
+fn with_rollbacks(state: &State, triples: [Triple; 3], rolled_back: &[RolledBack]) -> [Triple; 3] {
+    let applies = matches!(
+        state,
+        State::Injected | State::RollingOut { .. } | State::KubeVirtDeploying { .. }
+    );
+    if rolled_back.is_empty() || !applies {
+        return triples;
+    }
+    let [_, progressing, _] = triples;
+    let message = rollback_message(rolled_back);
+    [
+        (false, cond::REASON_SIDECAR_UNHEALTHY, message.clone()),
+        progressing,
+        (true, cond::REASON_SIDECAR_UNHEALTHY, message),
+    ]
+}
+
+/// "sidecar of virt-handler rolled back (CrashLoopBackOff): pod ...; it stays out until ..."
+pub fn rollback_message(rolled_back: &[RolledBack]) -> String {
+    let parts: Vec<String> = rolled_back
+        .iter()
+        .map(|r| {
+            format!(
+                "sidecar of {} rolled back ({}): {}",
+                r.component, r.reason, r.message
+            )
+        })
+        .collect();
+    format!(
+        "{}. It stays out until the policy's spec changes (generation {})",
+        parts.join("; "),
+        rolled_back.first().map_or(0, |r| r.generation)
+    )
+}
 
 fn condition_triples(
     state: &State,
@@ -170,6 +241,16 @@ fn condition_triples(
             ),
             (true, cond::REASON_WRITE_FAILED, message.clone()),
         ],
+        State::KubeVirtDeploying { name, phase } => {
+            let message = format!(
+                "KubeVirt CR {namespace}/{name} is still deploying (status.phase {phase}): the sidecar entries are written and virt-operator applies them as it deploys"
+            );
+            [
+                (false, cond::REASON_KUBEVIRT_DEPLOYING, message.clone()),
+                (true, cond::REASON_KUBEVIRT_DEPLOYING, message),
+                ok(),
+            ]
+        }
         State::HyperConvergedMissing(message) => [
             (false, cond::REASON_KUBEVIRT_NOT_FOUND, message.clone()),
             (false, cond::REASON_KUBEVIRT_NOT_FOUND, message.clone()),
@@ -361,12 +442,7 @@ mod tests {
     }
 
     fn report(state: State) -> Report {
-        Report {
-            state,
-            kubevirt: None,
-            method: None,
-            components: Vec::new(),
-        }
+        Report::bare(state)
     }
 
     fn t(s: &str) -> Time {
@@ -426,13 +502,25 @@ mod tests {
         assert_eq!(find(&s, "Degraded").status, "True");
         let s = desired(
             &p,
-            &report(State::Waiting(Waiting::NotDeployed {
-                name: "kv".into(),
-                phase: Some("Deploying".into()),
-            })),
+            &report(State::Waiting(Waiting::Deleting { name: "kv".into() })),
             &t("2026-01-01T00:00:00Z"),
         );
         assert_eq!(find(&s, "Progressing").status, "True");
+        assert_eq!(find(&s, "Degraded").status, "False");
+        let s = desired(
+            &p,
+            &report(State::KubeVirtDeploying {
+                name: "kv".into(),
+                phase: "Deploying".into(),
+            }),
+            &t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(find(&s, "Ready").reason, "KubeVirtDeploying");
+        assert_eq!(find(&s, "Progressing").status, "True");
+        assert_eq!(
+            find(&s, "Progressing").message,
+            "KubeVirt CR kubevirt/kv is still deploying (status.phase Deploying): the sidecar entries are written and virt-operator applies them as it deploys"
+        );
         assert_eq!(find(&s, "Degraded").status, "False");
         let s = desired(
             &p,
@@ -443,6 +531,44 @@ mod tests {
         );
         assert!(find(&s, "Ready").message.contains("kubevirt/old is older"));
         assert_eq!(s.injected_components.as_deref(), Some("none"));
+    }
+
+    fn rolled_back(component: Component, generation: i64) -> RolledBack {
+        RolledBack {
+            component,
+            generation,
+            pod: "kubevirt/virt-handler-a".into(),
+            reason: "CrashLoopBackOff".into(),
+            message: "pod kubevirt/virt-handler-a, container metrics-sidecar: back-off".into(),
+            time: t("2026-01-01T00:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn a_rollback_degrades_the_policy_and_is_kept_for_its_generation() {
+        let mut p = policy();
+        let mut r = report(State::Injected);
+        r.rolled_back = vec![rolled_back(Component::VirtHandler, 3)];
+        let s = desired(&p, &r, &t("2026-01-01T00:00:00Z"));
+        let degraded = find(&s, "Degraded");
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, "SidecarUnhealthy");
+        assert_eq!(
+            degraded.message,
+            "sidecar of virt-handler rolled back (CrashLoopBackOff): pod kubevirt/virt-handler-a, container metrics-sidecar: back-off. It stays out until the policy's spec changes (generation 3)"
+        );
+        assert_eq!(find(&s, "Ready").status, "False");
+        assert_eq!(s.rolled_back, r.rolled_back);
+
+        // Next reconcile decides nothing new: the record stays while the generation holds.
+        p.status = Some(s.clone());
+        let again = desired(&p, &report(State::Injected), &t("2026-01-01T00:01:00Z"));
+        assert_eq!(again, s);
+        // The spec changed: the record goes, and so does Degraded.
+        p.metadata.generation = Some(4);
+        let after = desired(&p, &report(State::Injected), &t("2026-01-01T00:02:00Z"));
+        assert!(after.rolled_back.is_empty());
+        assert_eq!(find(&after, "Degraded").status, "False");
     }
 
     #[test]

@@ -15,10 +15,8 @@ pub enum Waiting {
     NotFound { name: Option<String> },
     /// No `kubevirtRef` and several KubeVirt CRs in the namespace.
     Ambiguous { names: Vec<String> },
-    /// The KubeVirt CR has a deletionTimestamp.
+    /// The KubeVirt CR has a deletionTimestamp, or its phase is Deleting or Deleted.
     Deleting { name: String },
-    /// The KubeVirt CR exists but `status.phase` is not `Deployed`.
-    NotDeployed { name: String, phase: Option<String> },
 }
 
 impl Waiting {
@@ -27,7 +25,6 @@ impl Waiting {
             Waiting::NotFound { .. } => conditions::REASON_KUBEVIRT_NOT_FOUND,
             Waiting::Ambiguous { .. } => conditions::REASON_KUBEVIRT_AMBIGUOUS,
             Waiting::Deleting { .. } => conditions::REASON_KUBEVIRT_DELETING,
-            Waiting::NotDeployed { .. } => conditions::REASON_KUBEVIRT_NOT_DEPLOYED,
         }
     }
 
@@ -48,10 +45,6 @@ impl Waiting {
             Waiting::Deleting { name } => {
                 format!("KubeVirt CR {namespace}/{name} is being deleted; waiting for a new one")
             }
-            Waiting::NotDeployed { name, phase } => format!(
-                "KubeVirt CR {namespace}/{name} is not deployed yet (status.phase {}); waiting for phase Deployed",
-                phase.as_deref().unwrap_or("unset")
-            ),
         }
     }
 
@@ -86,24 +79,26 @@ pub fn resolve<'a>(
     }
 }
 
-/// [`resolve`], then require the CR to be live and deployed before anything is written.
-pub fn ready_target<'a>(
+/// [`resolve`], then require the CR not to be going away. A CR that virt-operator is still
+/// deploying (phase unset or Deploying) is a target: our entries are desired state that
+/// virt-operator applies while it deploys, so virt-handler rolls out once, not twice.
+pub fn live_target<'a>(
     policy: &MetricsSidecarPolicy,
     kubevirts: &'a [KubeVirt],
 ) -> Result<&'a KubeVirt, Waiting> {
     let kv = resolve(policy, kubevirts)?;
-    if kv.meta().deletion_timestamp.is_some() {
+    if kv.is_deleting() {
         return Err(Waiting::Deleting {
             name: kv.name_any(),
         });
     }
-    if !kv.is_deployed() {
-        return Err(Waiting::NotDeployed {
-            name: kv.name_any(),
-            phase: kv.status.as_ref().and_then(|s| s.phase.clone()),
-        });
-    }
     Ok(kv)
+}
+
+/// `Some(phase)` ("unset" when virt-operator has set none) while virt-operator has not
+/// finished deploying `kv`.
+pub fn deploying_phase(kv: &KubeVirt) -> Option<String> {
+    (!kv.is_deployed()).then(|| kv.phase().unwrap_or("unset").to_owned())
 }
 
 /// Among `policies` (all of the namespace, including ones being deleted), the one that owns
@@ -227,25 +222,34 @@ mod tests {
     }
 
     #[test]
-    fn not_deployed_and_deleting_crs_wait() {
+    fn a_deploying_cr_is_a_target_and_a_deleting_one_is_not() {
         let p = policy("p", "2026-01-01T00:00:00Z", None);
-        let kvs = vec![kv("kubevirt", Some("Deploying"))];
-        let err = ready_target(&p, &kvs).unwrap_err();
-        assert_eq!(err.reason(), "KubeVirtNotDeployed");
-        assert!(err.message("kubevirt").contains("Deploying"));
+        for phase in [None, Some("Deploying")] {
+            let kvs = vec![kv("kubevirt", phase)];
+            let target = live_target(&p, &kvs).unwrap();
+            assert_eq!(
+                deploying_phase(target).as_deref(),
+                Some(phase.unwrap_or("unset"))
+            );
+        }
+        let kvs = vec![kv("kubevirt", Some("Deployed"))];
+        assert_eq!(deploying_phase(live_target(&p, &kvs).unwrap()), None);
+
         let mut deleting = kv("kubevirt", Some("Deployed"));
         deleting.metadata.deletion_timestamp = Some(Time("2026-01-02T00:00:00Z".parse().unwrap()));
         assert_eq!(
-            ready_target(&p, &[deleting]).unwrap_err().reason(),
+            live_target(&p, &[deleting]).unwrap_err().reason(),
             "KubeVirtDeleting"
         );
-        let kvs = vec![kv("kubevirt", None)];
-        assert!(
-            ready_target(&p, &kvs)
-                .unwrap_err()
-                .message("kubevirt")
-                .contains("unset")
-        );
+        for phase in ["Deleting", "Deleted"] {
+            let err = live_target(&p, &[kv("kubevirt", Some(phase))]).unwrap_err();
+            assert_eq!(
+                err,
+                Waiting::Deleting {
+                    name: "kubevirt".into()
+                }
+            );
+        }
     }
 
     #[test]

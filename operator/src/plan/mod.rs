@@ -92,6 +92,23 @@ impl Plan {
     pub fn entry_values(&self) -> Vec<Value> {
         self.entries.iter().map(PatchEntry::to_value).collect()
     }
+
+    /// The plan without the sidecars of `excluded` (components rolled back for an unhealthy
+    /// sidecar): their entries go, and virt-operator's apply body when it is among them.
+    /// The other entries keep their bytes.
+    pub fn without(&self, excluded: &[Component]) -> Plan {
+        let mut plan = self.clone();
+        plan.sidecars.retain(|s| !excluded.contains(&s.component));
+        plan.entries.retain(|e| {
+            !excluded
+                .iter()
+                .any(|c| c.via_customize_components() && c.workload_name() == e.resource_name)
+        });
+        if excluded.contains(&Component::VirtOperator) {
+            plan.virt_operator = None;
+        }
+        plan
+    }
 }
 
 /// The marker value of a policy.

@@ -208,7 +208,7 @@ fn parse_interval(component: Component, text: &str) -> Result<Duration, PlanErro
 
 /// The subset of Go duration syntax the CRD admits: one or more `<digits><unit>` with unit
 /// `ms`, `s`, `m` or `h`, no spaces, no fractions.
-fn parse_go_duration(text: &str) -> Option<Duration> {
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
     let mut rest = text;
     let mut total = Duration::ZERO;
     if rest.is_empty() {

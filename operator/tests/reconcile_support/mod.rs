@@ -32,6 +32,7 @@ pub const MSP_PATH: &str =
 pub const DS_PATH: &str = "/apis/apps/v1/namespaces/kubevirt/daemonsets";
 pub const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/kubevirt/deployments";
 pub const HCO_PATH: &str = "/apis/hco.kubevirt.io/v1beta1/namespaces/kubevirt/hyperconvergeds";
+pub const PODS_PATH: &str = "/api/v1/namespaces/kubevirt/pods";
 pub const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/kubevirt/events";
 
 /// The query of a server-side apply (forced) and of a merge patch by this operator.
@@ -41,6 +42,9 @@ pub const PATCH_QUERY: &str = "&fieldManager=kubevirt-metrics-operator";
 pub const DS_SELECTOR: &str = "&labelSelector=kubevirt.io%3Dvirt-handler";
 pub const DEPLOY_SELECTOR: &str =
     "&labelSelector=kubevirt.io+in+%28virt-controller%2Cvirt-api%2Cvirt-operator%29";
+
+pub const POD_SELECTOR: &str =
+    "&labelSelector=kubevirt.io+in+%28virt-handler%2Cvirt-controller%2Cvirt-api%2Cvirt-operator%29";
 
 /// One received request.
 pub struct Received {
@@ -182,18 +186,27 @@ impl Server {
         }
     }
 
-    /// Answers the four reads every Apply reconcile starts with.
+    /// Answers the five reads every Apply reconcile starts with (no component pods).
     pub async fn reads(&mut self, kubevirts: &[Value], policies: &[Value]) {
         self.lists(kubevirts, policies).await;
         self.workloads(&[virt_handler(true)], &deployments(true))
             .await;
+        self.pods(&[]).await;
     }
 
-    /// The four reads, before any sidecar is rolled out.
+    /// The five reads, before any sidecar is rolled out.
     pub async fn reads_without_sidecars(&mut self, kubevirts: &[Value], policies: &[Value]) {
         self.lists(kubevirts, policies).await;
         self.workloads(&[virt_handler(false)], &deployments(false))
             .await;
+        self.pods(&[]).await;
+    }
+
+    /// The list of the component workloads' pods (rollout safety).
+    pub async fn pods(&mut self, pods: &[Value]) {
+        let r = self.expect("GET", PODS_PATH).await;
+        assert_eq!(r.query, POD_SELECTOR);
+        r.ok(&list("v1", "PodList", pods));
     }
 
     pub async fn lists(&mut self, kubevirts: &[Value], policies: &[Value]) {
