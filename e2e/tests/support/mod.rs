@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod rbac;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -284,7 +285,15 @@ pub struct Operator {
     task: tokio::task::JoinHandle<Result<(), kubevirt_metrics_operator::controller::Error>>,
 }
 
-pub async fn start_operator(client: &Client, ns: &str) -> anyhow::Result<Operator> {
+/// The operator for namespace `ns`, running as its own ServiceAccount with exactly the RBAC
+/// of `config/rbac` (installed into `ns` first), never as the admin.
+pub async fn start_operator(server: &apiserver::ApiServer, ns: &str) -> anyhow::Result<Operator> {
+    let client = rbac::operator_client(&server.client, &server.kubeconfig, ns).await?;
+    start_operator_with(&client, ns).await
+}
+
+/// The operator with a given client (tests of deliberately broken RBAC).
+pub async fn start_operator_with(client: &Client, ns: &str) -> anyhow::Result<Operator> {
     kubevirt_metrics_operator::controller::init_logging(
         kubevirt_metrics_operator::controller::LogFormat::Text,
     );
