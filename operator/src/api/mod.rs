@@ -51,6 +51,8 @@ pub mod conditions {
     pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
     /// Writing the KubeVirt CR, HyperConverged CR or virt-operator Deployment failed.
     pub const REASON_WRITE_FAILED: &str = "WriteFailed";
+    /// The API server refused a read or write with 403: the operator's RBAC misses a rule.
+    pub const REASON_FORBIDDEN: &str = "Forbidden";
     /// A sidecar container restarts or is not ready, which blocks KubeVirt's rollout.
     pub const REASON_SIDECAR_UNHEALTHY: &str = "SidecarUnhealthy";
 }

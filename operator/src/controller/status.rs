@@ -42,6 +42,8 @@ pub enum State {
     WriteFailed(String),
     /// The KubeVirt CR is owned by a HyperConverged object that cannot be read.
     HyperConvergedMissing(String),
+    /// The API server answered 403: the operator's RBAC misses a rule (`forbidden`).
+    Forbidden(String),
 }
 
 /// Everything [`desired`] needs besides the policy.
@@ -169,6 +171,11 @@ fn condition_triples(
                 format!("retrying: {message}"),
             ),
             (true, cond::REASON_WRITE_FAILED, message.clone()),
+        ],
+        State::Forbidden(message) => [
+            (false, cond::REASON_FORBIDDEN, message.clone()),
+            (false, cond::REASON_FORBIDDEN, message.clone()),
+            (true, cond::REASON_FORBIDDEN, message.clone()),
         ],
         State::HyperConvergedMissing(message) => [
             (false, cond::REASON_KUBEVIRT_NOT_FOUND, message.clone()),
