@@ -55,7 +55,19 @@ set -e
 # One closing line for the whole run, printed whatever the outcome (cargo prints one per test
 # binary, the last of which is usually an empty doc-test run). A test that skipped prints a
 # `SKIPPED test:` line and returns early, which cargo counts as passed: it is counted here as
-# skipped, not passed.
-awk '/^test result:/ { p += $4; f += $6 } /^SKIPPED test:/ { s += 1 }
-     END { printf "tests: %d passed, %d failed, %d skipped\n", p - s, f, s }' .work/test-output.log
+# skipped, not passed; `#[ignore]`d tests count as skipped too.
+read -r passed failed skipped < <(awk '
+  /^test result:/ { p += $4; f += $6; i += $8 }
+  /^SKIPPED test:/ { s += 1 }
+  END { printf "%d %d %d\n", p - s, f, s + i }' .work/test-output.log)
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  echo "cargo test exited with $status before every test ran (a build error?): see .work/test-output.log"
+fi
+# CI (.ci/run sets REQUIRE_NO_SKIPS=1) runs everything: a skipped test fails the run.
+if [ "${REQUIRE_NO_SKIPS:-0}" = 1 ] && [ "$skipped" -gt 0 ]; then
+  echo "REQUIRE_NO_SKIPS=1 and $skipped tests skipped:"
+  grep '^SKIPPED' .work/test-output.log || true
+  [ "$status" -ne 0 ] || status=1
+fi
+echo "tests: $passed passed, $failed failed, $skipped skipped"
 exit "$status"

@@ -66,7 +66,7 @@ fn backport_matches_kubevirt() {
 #[test]
 fn promtool_accepts_the_output() {
     let Ok(promtool) = which("promtool") else {
-        eprintln!("SKIPPED: promtool not installed");
+        skipped("promtool not installed");
         return;
     };
     let out = text::encode(&controller::render(&fixture_state("cluster")));
@@ -105,4 +105,18 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
                 .find(|p| p.is_file())
         })
         .ok_or(())
+}
+
+/// A loud skip that `scripts/test.sh` counts: straight to the stderr handle (libtest
+/// captures `eprintln!` of passing tests), with the test's name (libtest names the thread).
+fn skipped(reason: &str) {
+    use std::io::Write;
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("unknown")
+        .to_owned();
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nSKIPPED: {reason}\nSKIPPED test: {name}"
+    );
 }

@@ -66,7 +66,7 @@ async fn operator_writes_through_the_hyperconverged_annotation() -> anyhow::Resu
         json!({"defaults": {"image": IMAGE}, "components": {"virtHandler": {}}}),
     )
     .await?;
-    let operator = start_operator(&client, &ns).await?;
+    let operator = start_operator(&server, &ns).await?;
 
     let ops = eventually(
         "our operation in the HyperConverged annotation",

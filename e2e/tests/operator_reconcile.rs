@@ -43,22 +43,23 @@ async fn operator_scenarios_against_a_real_api_server() -> anyhow::Result<()> {
     install_crds(&client).await?;
 
     eprintln!("e2e scenario: inject, no-op, update, delete");
-    inject_update_delete(&client).await?;
+    inject_update_delete(&server).await?;
     eprintln!("e2e scenario: 409 conflict then retry");
-    conflict_then_retry(&client).await?;
+    conflict_then_retry(&server).await?;
     eprintln!("e2e scenario: paused");
-    paused(&client).await?;
+    paused(&server).await?;
     eprintln!("e2e scenario: second policy loses, then takes over");
-    second_policy(&client).await?;
+    second_policy(&server).await?;
     eprintln!("e2e scenario: waiting for KubeVirt");
-    waiting_for_kubevirt(&client).await?;
+    waiting_for_kubevirt(&server).await?;
     eprintln!("e2e scenario: CEL rejects an invalid policy");
     cel_rejects(&client).await?;
     drop(server);
     Ok(())
 }
 
-async fn inject_update_delete(client: &Client) -> anyhow::Result<()> {
+async fn inject_update_delete(server: &apiserver::ApiServer) -> anyhow::Result<()> {
+    let client = &server.client;
     let ns = namespace(client, "inject").await?;
     let kept = foreign();
     create_kubevirt(client, &ns, Some(vec![kept.clone()]), "Deployed").await?;
@@ -73,7 +74,7 @@ async fn inject_update_delete(client: &Client) -> anyhow::Result<()> {
         }),
     )
     .await?;
-    let operator = start_operator(client, &ns).await?;
+    let operator = start_operator(server, &ns).await?;
 
     // Injection: the foreign entry first and unchanged, then ours.
     let kv = eventually("our entries in the KubeVirt CR", WAIT, || async {
@@ -251,7 +252,8 @@ async fn inject_update_delete(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn conflict_then_retry(client: &Client) -> anyhow::Result<()> {
+async fn conflict_then_retry(server: &apiserver::ApiServer) -> anyhow::Result<()> {
+    let client = &server.client;
     let ns = namespace(client, "conflict").await?;
     let stale = create_kubevirt(client, &ns, Some(vec![foreign()]), "Deployed").await?;
     let policy = policy_object(
@@ -273,7 +275,9 @@ async fn conflict_then_retry(client: &Client) -> anyhow::Result<()> {
     .await?;
 
     let metrics = std::sync::Arc::new(Metrics::new()?);
-    let ctx = Context::new(client.clone(), metrics.clone(), Settings::default(), None);
+    // The write as the operator's ServiceAccount makes it, with config/rbac's rights.
+    let operator_client = rbac::operator_client(client, &server.kubeconfig, &ns).await?;
+    let ctx = Context::new(operator_client, metrics.clone(), Settings::default(), None);
     let plan = kubevirt_metrics_operator::plan::plan(&policy, Some(&stale), &Default::default())?;
     let written = apply::kubevirt(&ctx, &stale, &plan).await?;
     assert!(written.wrote);
@@ -299,12 +303,13 @@ fn concurrent_entry() -> Value {
         "patch": "{\"metadata\":{\"labels\":{\"x\":\"y\"}}}"})
 }
 
-async fn paused(client: &Client) -> anyhow::Result<()> {
+async fn paused(server: &apiserver::ApiServer) -> anyhow::Result<()> {
+    let client = &server.client;
     let ns = namespace(client, "paused").await?;
     let kv = create_kubevirt(client, &ns, Some(vec![foreign()]), "Deployed").await?;
     create_workloads(client, &ns).await?;
     create_policy(client, &ns, "metrics", json!({"paused": true, "defaults": {"image": IMAGE}, "components": {"virtHandler": {}, "virtOperator": {}}})).await?;
-    let operator = start_operator(client, &ns).await?;
+    let operator = start_operator(server, &ns).await?;
     let policy = eventually("status Paused", WAIT, || async {
         let p = get_policy(client, &ns, "metrics").await?.expect("policy");
         Ok((ready_reason(&p).as_deref() == Some("Paused")).then_some(p))
@@ -330,7 +335,8 @@ async fn paused(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn second_policy(client: &Client) -> anyhow::Result<()> {
+async fn second_policy(server: &apiserver::ApiServer) -> anyhow::Result<()> {
+    let client = &server.client;
     let ns = namespace(client, "second").await?;
     create_kubevirt(client, &ns, None, "Deployed").await?;
     create_workloads(client, &ns).await?;
@@ -338,7 +344,7 @@ async fn second_policy(client: &Client) -> anyhow::Result<()> {
     create_policy(client, &ns, "a-first", spec.clone()).await?;
     // Created in the same second is possible: the name then decides, and "a-first" < "b-second".
     create_policy(client, &ns, "b-second", spec).await?;
-    let operator = start_operator(client, &ns).await?;
+    let operator = start_operator(server, &ns).await?;
     let owner_of = |kv: &KubeVirt| -> Vec<String> {
         kv.patches()
             .iter()
@@ -375,7 +381,8 @@ async fn second_policy(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn waiting_for_kubevirt(client: &Client) -> anyhow::Result<()> {
+async fn waiting_for_kubevirt(server: &apiserver::ApiServer) -> anyhow::Result<()> {
+    let client = &server.client;
     let ns = namespace(client, "waiting").await?;
     create_workloads(client, &ns).await?;
     create_policy(
@@ -385,7 +392,7 @@ async fn waiting_for_kubevirt(client: &Client) -> anyhow::Result<()> {
         json!({"defaults": {"image": IMAGE}, "components": {"virtHandler": {}}}),
     )
     .await?;
-    let operator = start_operator(client, &ns).await?;
+    let operator = start_operator(server, &ns).await?;
     let reason_is = |want: &'static str| {
         let ns = ns.clone();
         move || {

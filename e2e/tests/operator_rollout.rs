@@ -40,13 +40,13 @@ async fn rollout_safety_and_early_injection_against_a_real_api_server() -> anyho
     install_crds(&client).await?;
 
     eprintln!("e2e scenario: a crash-looping sidecar is rolled back until the spec changes");
-    crash_loop_rolls_back(&client).await?;
+    crash_loop_rolls_back(&server).await?;
     eprintln!("e2e scenario: a sidecar unready past spec.rollout.unhealthyTimeout is rolled back");
-    unready_past_the_bound(&client).await?;
+    unready_past_the_bound(&server).await?;
     eprintln!(
         "e2e scenario: a KubeVirt CR still deploying gets our entries; a deleting one is not written"
     );
-    deploying_then_deleting(&client).await?;
+    deploying_then_deleting(&server).await?;
     drop(server);
     Ok(())
 }
@@ -79,10 +79,11 @@ async fn policy(client: &Client, ns: &str) -> anyhow::Result<MetricsSidecarPolic
 /// Sets up a namespace with KubeVirt (Deployed), the workloads, a policy for virt-handler
 /// and virt-controller with `rollout`, and the operator; waits for both entries.
 async fn injected(
-    client: &Client,
+    server: &apiserver::ApiServer,
     prefix: &str,
     rollout: Value,
 ) -> anyhow::Result<(String, Operator)> {
+    let client = &server.client;
     let ns = namespace(client, prefix).await?;
     create_kubevirt(client, &ns, None, "Deployed").await?;
     create_workloads(client, &ns).await?;
@@ -97,7 +98,7 @@ async fn injected(
         }),
     )
     .await?;
-    let operator = start_operator(client, &ns).await?;
+    let operator = start_operator(server, &ns).await?;
     eventually("both entries in the KubeVirt CR", WAIT, || async {
         let kv = get_kubevirt(client, &ns, "kubevirt").await?;
         Ok((our_components(&kv) == ["virt-handler", "virt-controller"]).then_some(()))
@@ -118,8 +119,9 @@ async fn handler_pod(
     create_component_pod(client, ns, name, Component::VirtHandler, &sidecar).await
 }
 
-async fn crash_loop_rolls_back(client: &Client) -> anyhow::Result<()> {
-    let (ns, operator) = injected(client, "crashloop", json!({})).await?;
+async fn crash_loop_rolls_back(server: &apiserver::ApiServer) -> anyhow::Result<()> {
+    let client = &server.client;
+    let (ns, operator) = injected(server, "crashloop", json!({})).await?;
     let pod = handler_pod(client, &ns, "virt-handler-e2e01").await?;
     let crash_loop = json!({
         "ready": false, "started": false, "restartCount": 4,
@@ -262,8 +264,9 @@ async fn crash_loop_rolls_back(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn unready_past_the_bound(client: &Client) -> anyhow::Result<()> {
-    let (ns, operator) = injected(client, "unready", json!({"unhealthyTimeout": "8s"})).await?;
+async fn unready_past_the_bound(server: &apiserver::ApiServer) -> anyhow::Result<()> {
+    let client = &server.client;
+    let (ns, operator) = injected(server, "unready", json!({"unhealthyTimeout": "8s"})).await?;
     let pod = handler_pod(client, &ns, "virt-handler-e2e02").await?;
     let started = now();
     set_pod_status(
@@ -317,7 +320,8 @@ async fn unready_past_the_bound(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn deploying_then_deleting(client: &Client) -> anyhow::Result<()> {
+async fn deploying_then_deleting(server: &apiserver::ApiServer) -> anyhow::Result<()> {
+    let client = &server.client;
     let ns = namespace(client, "deploying").await?;
     // virt-operator has only just accepted the CR: phase Deploying, no workloads yet.
     create_kubevirt(client, &ns, None, "Deploying").await?;
@@ -328,7 +332,7 @@ async fn deploying_then_deleting(client: &Client) -> anyhow::Result<()> {
         json!({"defaults": {"image": IMAGE}, "components": {"virtHandler": {}}}),
     )
     .await?;
-    let operator = start_operator(client, &ns).await?;
+    let operator = start_operator(server, &ns).await?;
     eventually("our entry in a Deploying CR", WAIT, || async {
         let kv = get_kubevirt(client, &ns, "kubevirt").await?;
         Ok((our_components(&kv) == ["virt-handler"]).then_some(()))

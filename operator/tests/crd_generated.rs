@@ -44,7 +44,7 @@ fn crd_has_the_names_columns_and_subresources_users_see() {
     );
     assert_eq!(
         crd.spec.names.categories.as_deref(),
-        Some(&["kubevirt".to_owned()][..])
+        Some(&["kubevirt-metrics".to_owned()][..])
     );
     let version = &crd.spec.versions[0];
     assert_eq!(version.name, "v1alpha1");
@@ -63,4 +63,40 @@ fn crd_has_the_names_columns_and_subresources_users_see() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(columns, ["Ready", "Method", "Components", "Paused", "Age"]);
+}
+
+/// kubectl expands categories before resource names: a category equal to one of KubeVirt's
+/// names would make `kubectl get kubevirt` (or `get vm`, ...) list our policies instead.
+#[test]
+fn no_name_or_category_shadows_a_kubevirt_resource() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/kubevirt-v1.9.0/crds.yaml"
+    ))
+    .unwrap();
+    let mut kubevirt_names = std::collections::BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let crd: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        let names = &crd["spec"]["names"];
+        for key in ["plural", "singular", "kind"] {
+            if let Some(name) = names[key].as_str() {
+                kubevirt_names.insert(name.to_lowercase());
+            }
+        }
+        for short in names["shortNames"].as_array().into_iter().flatten() {
+            kubevirt_names.insert(short.as_str().unwrap().to_lowercase());
+        }
+    }
+    assert!(kubevirt_names.contains("kubevirt") && kubevirt_names.contains("vmi"));
+    let ours = MetricsSidecarPolicy::crd().spec.names;
+    let mut our_names: Vec<String> = ours.categories.clone().unwrap_or_default();
+    our_names.extend(ours.short_names.clone().unwrap_or_default());
+    our_names.push(ours.plural.clone());
+    our_names.extend(ours.singular.clone());
+    for name in our_names {
+        assert!(
+            !kubevirt_names.contains(&name.to_lowercase()),
+            "{name:?} is also a KubeVirt resource name"
+        );
+    }
 }

@@ -4,8 +4,11 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod kubectl;
 pub mod kubevirt_peer;
 pub mod pods;
+pub mod rbac;
+pub mod user_view;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -286,20 +289,52 @@ pub struct Operator {
     task: tokio::task::JoinHandle<Result<(), kubevirt_metrics_operator::controller::Error>>,
 }
 
-pub async fn start_operator(client: &Client, ns: &str) -> anyhow::Result<Operator> {
-    kubevirt_metrics_operator::controller::init_logging(
-        kubevirt_metrics_operator::controller::LogFormat::Text,
-    );
+/// The operator for namespace `ns`, running as its own ServiceAccount with exactly the RBAC
+/// of `config/rbac` (installed into `ns` first), never as the admin.
+pub async fn start_operator(server: &apiserver::ApiServer, ns: &str) -> anyhow::Result<Operator> {
+    let client = rbac::operator_client(&server.client, &server.kubeconfig, ns).await?;
+    start_operator_with(&client, ns).await
+}
+
+/// The operator with a given client (tests of deliberately broken RBAC).
+pub async fn start_operator_with(client: &Client, ns: &str) -> anyhow::Result<Operator> {
     let config = RunConfig {
         namespace: Some(ns.to_owned()),
-        http_address: "127.0.0.1:0".parse()?,
-        leader_election: true,
         lease_namespace: ns.to_owned(),
         identity: Some(format!("e2e-{ns}")),
+        ..operator_config()
+    };
+    spawn_operator(client, config).await
+}
+
+/// The operator as `config/manager` runs it: every namespace, its Lease in `lease_ns`.
+pub async fn start_operator_cluster_wide(
+    client: &Client,
+    lease_ns: &str,
+) -> anyhow::Result<Operator> {
+    let config = RunConfig {
+        namespace: None,
+        lease_namespace: lease_ns.to_owned(),
+        identity: Some(format!("e2e-cluster-{lease_ns}")),
+        ..operator_config()
+    };
+    spawn_operator(client, config).await
+}
+
+fn operator_config() -> RunConfig {
+    RunConfig {
+        http_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        leader_election: true,
         lease_duration: Duration::from_secs(10),
         lease_grace: Duration::from_secs(3),
         ..RunConfig::default()
-    };
+    }
+}
+
+async fn spawn_operator(client: &Client, config: RunConfig) -> anyhow::Result<Operator> {
+    kubevirt_metrics_operator::controller::init_logging(
+        kubevirt_metrics_operator::controller::LogFormat::Text,
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(run_with_client(
@@ -319,6 +354,18 @@ pub async fn start_operator(client: &Client, ns: &str) -> anyhow::Result<Operato
 }
 
 impl Operator {
+    /// Whether the operator is still running (it has not returned, with or without error).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// Kills the operator where it stands, as a crashed or OOM-killed pod: no graceful
+    /// shutdown, the lease is not released.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// GET on the operator's HTTP endpoint: (status code, body).
     pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let response = reqwest::get(format!("http://{}{path}", self.address)).await?;

@@ -52,6 +52,8 @@ pub mod conditions {
     pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
     /// Writing the KubeVirt CR, HyperConverged CR or virt-operator Deployment failed.
     pub const REASON_WRITE_FAILED: &str = "WriteFailed";
+    /// The API server refused a read or write with 403: the operator's RBAC misses a rule.
+    pub const REASON_FORBIDDEN: &str = "Forbidden";
     /// A sidecar container crash-looped or stayed unready past `spec.rollout.unhealthyTimeout`
     /// (which would block KubeVirt's rollout): its component's entry was taken out until the
     /// policy changes.

@@ -37,7 +37,7 @@ pub const RESERVED_PORT_NAMES: [&str; 4] = ["metrics", "vmstats", "virt-api", "w
     singular = "metricssidecarpolicy",
     namespaced,
     shortname = "msp",
-    category = "kubevirt",
+    category = "kubevirt-metrics",
     status = "MetricsSidecarPolicyStatus",
     derive = "PartialEq",
     derive = "Default",

@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod context;
 pub mod events;
+pub mod forbidden;
 pub mod health;
 pub mod leader;
 pub mod metrics;

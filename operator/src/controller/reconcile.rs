@@ -26,6 +26,7 @@ use serde_json::Value;
 use super::apply::{self, ApplyError};
 use super::context::Context;
 use super::events::{self, Notice, reasons};
+use super::forbidden;
 use super::observe::{self, Workloads};
 use super::rollout;
 use super::status::{self, Report, State};
@@ -85,9 +86,12 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let result = reconcile_policy(policy, &ctx).await;
+    let result = reconcile_policy(policy.clone(), &ctx).await;
     match &result {
         Ok(_) => ctx.metrics.reconcile_succeeded(started.elapsed()),
+        Err(err) if forbidden::report(&ctx, &policy, err).await => {
+            ctx.metrics.reconcile_failed("forbidden", started.elapsed())
+        }
         Err(err) => ctx.metrics.reconcile_failed(err.kind(), started.elapsed()),
     }
     result
@@ -344,6 +348,8 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
             }
             Ok(Action::requeue(requeue))
         }
+        // Reported as missing RBAC by `forbidden::report` once the error reaches `reconcile`.
+        Err(err) if forbidden::is_forbidden_write(&err) => Err(err.into()),
         Err(err) => {
             let mut report = report(
                 State::WriteFailed(err.to_string()),

@@ -46,6 +46,8 @@ pub enum State {
     /// Written, but virt-operator has not finished deploying KubeVirt (`status.phase` is
     /// `phase`, not Deployed); it applies our entries as it deploys.
     KubeVirtDeploying { name: String, phase: String },
+    /// The API server answered 403: the operator's RBAC misses a rule (`forbidden`).
+    Forbidden(String),
 }
 
 /// Everything [`desired`] needs besides the policy.
@@ -251,6 +253,11 @@ fn condition_triples(
                 ok(),
             ]
         }
+        State::Forbidden(message) => [
+            (false, cond::REASON_FORBIDDEN, message.clone()),
+            (false, cond::REASON_FORBIDDEN, message.clone()),
+            (true, cond::REASON_FORBIDDEN, message.clone()),
+        ],
         State::HyperConvergedMissing(message) => [
             (false, cond::REASON_KUBEVIRT_NOT_FOUND, message.clone()),
             (false, cond::REASON_KUBEVIRT_NOT_FOUND, message.clone()),
