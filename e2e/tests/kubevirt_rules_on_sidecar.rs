@@ -466,12 +466,60 @@ async fn run(
     kube_state: &str,
     sidecar: Option<(&str, SidecarScrape)>,
 ) -> anyhow::Result<Outcome> {
+    Ok(run_with_dashboard(rules, component, kube_state, sidecar)
+        .await?
+        .0)
+}
+
+/// [`run`], and every query of the Grafana dashboard evaluated on the same Prometheus:
+/// panel title and expression → how many series it returned.
+async fn run_with_dashboard(
+    rules: &Path,
+    component: &str,
+    kube_state: &str,
+    sidecar: Option<(&str, SidecarScrape)>,
+) -> anyhow::Result<(Outcome, Vec<(String, usize)>)> {
     let config = prometheus_config(rules, component, kube_state, sidecar);
     let prometheus = start_prometheus(&config).await?;
     prometheus
         .settle(2 + usize::from(sidecar.is_some()))
         .await?;
-    observe(&prometheus).await
+    let outcome = observe(&prometheus).await?;
+    let mut dashboard = Vec::new();
+    for (title, expr) in dashboard_queries()? {
+        // Grafana's variables as "All" and its rate interval.
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$kubevirt_namespace", ".*")
+            .replace("$namespace", ".*")
+            .replace("$vmi", ".*");
+        let series = prometheus
+            .query(&expr)
+            .await
+            .with_context(|| format!("dashboard panel {title:?}: {expr}"))?;
+        dashboard.push((format!("{title}: {expr}"), series.len()));
+    }
+    Ok((outcome, dashboard))
+}
+
+/// Panel title → PromQL of every target of the dashboard we ship.
+fn dashboard_queries() -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(support::repo_path(
+        "config/grafana/kubevirt-metrics-sidecars.json",
+    ))?;
+    let dashboard: Value = serde_json::from_str(&text)?;
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                out.push((
+                    panel["title"].as_str().unwrap_or_default().to_owned(),
+                    expr.to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Recording rules that must have data in the baseline, so that "equal" means something.
@@ -527,7 +575,7 @@ async fn kubevirt_rules_evaluate_the_same_with_a_complement_sidecar() -> anyhow:
     let sidecar =
         start_sidecar(&peer.pods_dir(), &vmis, Mode::Complement, &peer.metrics_url).await?;
     let address = sidecar.local_addr().to_string();
-    let complement = run(
+    let (complement, dashboard) = run_with_dashboard(
         &rules,
         &component,
         &kube_state,
@@ -561,6 +609,36 @@ async fn kubevirt_rules_evaluate_the_same_with_a_complement_sidecar() -> anyhow:
         complement.rules.len(),
         complement.values.len()
     );
+
+    // The dashboard's queries all evaluate here; the ones on families this setup produces
+    // return data (migrations, guest load and failures do not happen in it).
+    let empty: Vec<&String> = dashboard
+        .iter()
+        .filter(|(_, n)| *n == 0)
+        .map(|(q, _)| q)
+        .collect();
+    eprintln!(
+        "e2e: {} dashboard queries evaluate; {} return data; empty here: {empty:#?}",
+        dashboard.len(),
+        dashboard.len() - empty.len()
+    );
+    for must in [
+        "Sidecar targets up",
+        "Time spent collecting",
+        "Collection duration (p90)",
+        "vCPU usage",
+        "vCPUs",
+        "Memory used",
+        "Network receive",
+        "Storage IOPS",
+    ] {
+        anyhow::ensure!(
+            dashboard
+                .iter()
+                .any(|(q, n)| q.starts_with(&format!("{must}: ")) && *n > 0),
+            "dashboard panel {must:?} shows no data with a complement sidecar: {dashboard:#?}"
+        );
+    }
 
     // Without the PodMonitor's relabeling, KubeVirt's up-based rules count the sidecar as a
     // second virt-handler target: that is why the PodMonitor keeps `pod` off `up`.
