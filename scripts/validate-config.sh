@@ -22,7 +22,7 @@ fi
 out=.work/config
 mkdir -p "$out"
 status=0
-for tree in config/default config/samples config/crd config/rbac config/manager config/prometheus; do
+for tree in config/default config/samples config/crd config/rbac config/manager config/prometheus config/grafana; do
   name="$(echo "$tree" | tr '/' '-')"
   if ! "$kubectl" kustomize "$tree" > "$out/$name.yaml"; then
     echo "FAIL: kubectl kustomize $tree" >&2
@@ -34,7 +34,7 @@ done
 [ "$status" -eq 0 ] || exit "$status"
 
 # Everything except the custom resources (kubernetes-validate has no schema for them).
-for file in "$out"/config-default.yaml "$out"/config-rbac.yaml "$out"/config-manager.yaml "$out"/config-crd.yaml; do
+for file in "$out"/config-default.yaml "$out"/config-rbac.yaml "$out"/config-manager.yaml "$out"/config-crd.yaml "$out"/config-grafana.yaml; do
   if ! python3 -m kubernetes_validate --strict -k "$k8s_version" "$file"; then
     echo "FAIL: $file does not validate against Kubernetes $k8s_version" >&2
     status=1
