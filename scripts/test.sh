@@ -18,7 +18,7 @@ if [ "${KEEP_PEERS:-0}" != 1 ]; then
   trap 'bash scripts/real-peers.sh down >.work/peers-down.log 2>&1 || true' EXIT
 fi
 
-log "offline tools (kubectl, Python validators)"
+log "offline tools (kubectl, helm, Python validators)"
 bash scripts/install-tools.sh
 
 export PATH="$PWD/.work/bin:$PATH"
@@ -42,8 +42,9 @@ log "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-log "manifests (kustomize render + offline schema validation)"
+log "manifests (kustomize render + offline schema validation, promtool rules, Helm chart)"
 bash scripts/validate-config.sh
+bash scripts/validate-chart.sh
 
 log "tests"
 mkdir -p .work

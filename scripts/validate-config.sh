@@ -22,7 +22,7 @@ fi
 out=.work/config
 mkdir -p "$out"
 status=0
-for tree in config/default config/samples config/crd config/rbac config/manager config/prometheus; do
+for tree in config/default config/samples config/crd config/rbac config/manager config/prometheus config/grafana; do
   name="$(echo "$tree" | tr '/' '-')"
   if ! "$kubectl" kustomize "$tree" > "$out/$name.yaml"; then
     echo "FAIL: kubectl kustomize $tree" >&2
@@ -34,7 +34,7 @@ done
 [ "$status" -eq 0 ] || exit "$status"
 
 # Everything except the custom resources (kubernetes-validate has no schema for them).
-for file in "$out"/config-default.yaml "$out"/config-rbac.yaml "$out"/config-manager.yaml "$out"/config-crd.yaml; do
+for file in "$out"/config-default.yaml "$out"/config-rbac.yaml "$out"/config-manager.yaml "$out"/config-crd.yaml "$out"/config-grafana.yaml; do
   if ! python3 -m kubernetes_validate --strict -k "$k8s_version" "$file"; then
     echo "FAIL: $file does not validate against Kubernetes $k8s_version" >&2
     status=1
@@ -87,13 +87,26 @@ for path in sorted(glob.glob(sys.argv[1] + "/*.yaml")) + sorted(glob.glob("confi
             continue
         checked += 1
         try:
-            jsonschema.validate(doc, crds[(doc["apiVersion"], doc["kind"])])
+            # No check_schema: the Prometheus Operator's CRDs hold Go regexes such as
+            # '^(?i)(abort|warn)?$' that Python's re rejects as patterns of the schema itself.
+            schema = crds[(doc["apiVersion"], doc["kind"])]
+            jsonschema.validators.validator_for(schema)(schema).validate(doc)
         except jsonschema.ValidationError as error:
             failed += 1
             print(f"FAIL: {path}: {doc['kind']}/{doc['metadata']['name']}: {error.message}", file=sys.stderr)
 print(f"custom resources checked against their CRD schemas: {checked}, failed: {failed}")
 sys.exit(1 if failed or not checked else 0)
 PY
+
+# The sidecar alerts: promtool's own checks and unit tests (also run by
+# e2e/tests/monitoring_rules.rs, so `cargo test` counts them).
+if command -v promtool >/dev/null; then
+  promtool check rules config/prometheus/rules/*.yml || status=1
+  (cd config/prometheus && promtool test rules tests/*.test.yml) || status=1
+else
+  echo "FAIL: promtool not found (apt-get install prometheus; scripts/real-peers.sh up does it)" >&2
+  status=1
+fi
 
 [ "$status" -eq 0 ] && echo "config OK (Kubernetes $k8s_version)"
 exit "$status"
