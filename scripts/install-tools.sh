@@ -13,8 +13,5 @@ if ! python3 -c 'import prometheus_client, kubernetes_validate' 2>/dev/null; the
   python3 -m pip install --quiet --disable-pip-version-check prometheus-client kubernetes-validate
 fi
 
-if [ ! -x .work/bin/kubectl ]; then
-  bash scripts/install-kubectl.sh .work/bin
-fi
-bash scripts/install-helm.sh .work/bin
+bash scripts/install-kube-tools.sh .work/bin
 echo "tools ready: $(.work/bin/kubectl version --client 2>/dev/null | head -1), helm $(.work/bin/helm version --short)"

