@@ -15,6 +15,9 @@
 #   scripts/real-peers.sh down            stop exactly what `up` started (pid files), undefine the guest
 #   scripts/real-peers.sh purge           down, then delete the state dir (kernel/initrd/disk caches too)
 #   scripts/real-peers.sh test-domains N  set the number of test-driver domains (benchmarks)
+#   scripts/real-peers.sh qemu-domains N  set the number of extra QEMU guests like the main one
+#                                         (disk, NIC, balloon), booted then paused (benchmarks);
+#                                         `down` and `qemu-domains 0` remove them
 #   scripts/real-peers.sh env             print the state file (KEY=VALUE, for tests and scripts)
 #
 # Knobs (environment), also written into the state file:
@@ -165,12 +168,13 @@ build_guest_boot() { # kernel + initramfs, cached in $GUEST_DIR
   cd "$STATE_DIR" && rm -rf "$work"
 }
 
-guest_xml() {
+guest_xml() { # guest_xml [NAME DISK CONSOLE_LOG]
+  local name=${1:-$GUEST_DOMAIN} disk=${2:-$GUEST_DIR/disk.qcow2} console=${3:-$LOGS/$GUEST_DOMAIN-console.log}
   local tcg=''
   [[ $ACCEL == qemu ]] && tcg="<tcg><tb-cache unit='MiB'>32</tb-cache></tcg>"
   cat <<EOF
 <domain type='$ACCEL'>
-  <name>$GUEST_DOMAIN</name>
+  <name>$name</name>
   <memory unit='MiB'>$GUEST_MEM_MIB</memory>
   <currentMemory unit='MiB'>$GUEST_MEM_MIB</currentMemory>
   <vcpu placement='static'>1</vcpu>
@@ -187,7 +191,7 @@ guest_xml() {
   <devices>
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2' cache='none'/>
-      <source file='$GUEST_DIR/disk.qcow2'/>
+      <source file='$disk'/>
       <target dev='vda' bus='virtio'/>
       <alias name='ua-$GUEST_DISK_ALIAS'/>
     </disk>
@@ -198,7 +202,7 @@ guest_xml() {
     <memballoon model='virtio'>
       <stats period='2'/>
     </memballoon>
-    <serial type='file'><source path='$LOGS/$GUEST_DOMAIN-console.log'/></serial>
+    <serial type='file'><source path='$console'/></serial>
     <video><model type='none'/></video>
   </devices>
 </domain>
@@ -224,6 +228,79 @@ start_guest() {
   # Guest-side balloon statistics arrive one stats period after the driver loads.
   wait_for 30 bash -c "virsh -c '$QEMU_URI' domstats --balloon '$GUEST_DOMAIN' | grep -q balloon.usable" \
     || log "WARNING: no guest-side balloon statistics yet"
+}
+
+# ------------------------------------------------------------------------- extra QEMU guests
+# Benchmarks need many domains with real statistics. They boot like the main guest (disk, NIC
+# and balloon drivers loaded, a first round of I/O done, guest-side balloon statistics
+# reported), then are paused: a paused guest keeps the per-domain cost of libvirt's and
+# QEMU's statistics without using CPU. Their names are listed in $QEMU_DOMAINS_LIST, so
+# `down` removes exactly these.
+QEMU_DOMAIN_PREFIX=qbench_vm
+QEMU_DOMAINS_LIST=$PIDS/qemu-domains.list
+QEMU_DOMAINS_DIR=$GUEST_DIR/bench
+QEMU_BOOT_BATCH=${KVMS_QEMU_BOOT_BATCH:-4}
+
+qemu_domain_name() { printf '%s%03d' "$QEMU_DOMAIN_PREFIX" "$1"; }
+
+qemu_domain_count() {
+  virsh -c "$QEMU_URI" list --all --name 2>/dev/null | grep -c "^$QEMU_DOMAIN_PREFIX" || true
+}
+
+# Boots domains FIRST..LAST at once, waits until each is ready with balloon statistics,
+# pauses it.
+boot_qemu_domains() {
+  local first=$1 last=$2 i name console
+  for ((i = first; i <= last; i++)); do
+    name=$(qemu_domain_name "$i")
+    console=$LOGS/$name-console.log
+    [[ -f $QEMU_DOMAINS_DIR/$name.qcow2 ]] || qemu-img create -q -f qcow2 "$QEMU_DOMAINS_DIR/$name.qcow2" 64M
+    guest_xml "$name" "$QEMU_DOMAINS_DIR/$name.qcow2" "$console" >"$QEMU_DOMAINS_DIR/$name.xml"
+    grep -qx "$name" "$QEMU_DOMAINS_LIST" 2>/dev/null || echo "$name" >>"$QEMU_DOMAINS_LIST"
+    vsh "$QEMU_URI" define "$QEMU_DOMAINS_DIR/$name.xml" >/dev/null
+    : >"$console"
+    vsh "$QEMU_URI" start "$name" >/dev/null
+  done
+  for ((i = first; i <= last; i++)); do
+    name=$(qemu_domain_name "$i")
+    wait_for 300 grep -q 'guest: ready' "$LOGS/$name-console.log" \
+      || die "$name did not print 'guest: ready' within 300 s (see $LOGS/$name-console.log)"
+    wait_for 60 bash -c "virsh -c '$QEMU_URI' domstats --balloon '$name' | grep -q balloon.usable" \
+      || log "WARNING: $name: no guest-side balloon statistics yet"
+    vsh "$QEMU_URI" suspend "$name" >/dev/null
+  done
+}
+
+remove_qemu_domain() {
+  vsh "$QEMU_URI" destroy "$1" >/dev/null 2>&1 || true
+  vsh "$QEMU_URI" undefine "$1" >/dev/null 2>&1 || true
+  rm -f "$QEMU_DOMAINS_DIR/$1.qcow2" "$QEMU_DOMAINS_DIR/$1.xml" "$LOGS/$1-console.log"
+  [[ -f $QEMU_DOMAINS_LIST ]] && sed -i "/^$1\$/d" "$QEMU_DOMAINS_LIST"
+  return 0
+}
+
+set_qemu_domains() { # set_qemu_domains N
+  local want=$1 have i last
+  build_guest_boot
+  mkdir -p "$QEMU_DOMAINS_DIR"
+  have=$(qemu_domain_count)
+  for ((i = want + 1; i <= have; i++)); do remove_qemu_domain "$(qemu_domain_name "$i")"; done
+  for ((i = have + 1; i <= want; i += QEMU_BOOT_BATCH)); do
+    last=$((i + QEMU_BOOT_BATCH - 1 < want ? i + QEMU_BOOT_BATCH - 1 : want))
+    boot_qemu_domains "$i" "$last"
+  done
+  have=$(qemu_domain_count)
+  ((have == want)) || die "qemu: wanted $want extra guests, have $have"
+  log "qemu: $have extra guests ${QEMU_DOMAIN_PREFIX}NNN (paused) on $QEMU_URI"
+}
+
+remove_listed_qemu_domains() {
+  [[ -f $QEMU_DOMAINS_LIST ]] || return 0
+  local name
+  while read -r name; do
+    [[ -n $name ]] && remove_qemu_domain "$name"
+  done < <(cat "$QEMU_DOMAINS_LIST")
+  rm -f "$QEMU_DOMAINS_LIST"
 }
 
 # ------------------------------------------------------------------------- test driver
@@ -381,6 +458,7 @@ cmd_down() {
   stop_pid test-holder   # the test driver forgets its domains with the last connection
   rm -f "$PIDS/test-holder.daemon"
   if virsh -c "$QEMU_URI" version >/dev/null 2>&1; then
+    remove_listed_qemu_domains
     if [[ -f $PIDS/guest.started ]]; then
       vsh "$QEMU_URI" destroy "$GUEST_DOMAIN" >/dev/null 2>&1 || true
       log "guest $GUEST_DOMAIN destroyed"
@@ -406,6 +484,7 @@ cmd_status() {
     echo "guest $GUEST_DOMAIN: $(virsh -c "$QEMU_URI" domstate "$GUEST_DOMAIN" 2>/dev/null || echo absent)"
   fi
   echo "test domains: $(test_domain_count)"
+  echo "extra QEMU guests: $(qemu_domain_count)"
   return $rc
 }
 
@@ -420,6 +499,11 @@ case ${1:-} in
     set_test_domains "$2"
     [[ -f $STATE_FILE ]] && sed -i "s/^TEST_DOMAINS=.*/TEST_DOMAINS=$2/" "$STATE_FILE"
     ;;
+  qemu-domains)
+    [[ ${2:-} =~ ^[0-9]+$ ]] || die "usage: $0 qemu-domains N"
+    [[ -f $STATE_FILE ]] || die "not up (run $0 up)"
+    set_qemu_domains "$2"
+    ;;
   env) cat "$STATE_FILE" ;;
-  *) sed -n '2,27p' "$0"; exit 2 ;;
+  *) sed -n '2,30p' "$0"; exit 2 ;;
 esac

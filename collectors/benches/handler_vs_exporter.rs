@@ -20,7 +20,9 @@
 //!
 //! Numbers are printed, never asserted: this is a benchmark, not a test.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kubevirt_metrics_collectors::collect::StatsSource;
@@ -29,14 +31,12 @@ use kubevirt_metrics_collectors::families::handler;
 use kubevirt_metrics_collectors::sources::libvirt::{
     LibvirtSource, STATS_FLAGS, STATS_GROUPS, ffi,
 };
+use support::*;
 
 /// Pause between measured bulk calls and between measured passes. Real passes run once
 /// per interval (seconds apart): the previous pass's records are long freed (on the reaper
 /// thread) when the next starts, and caches are as cold for the bulk call as for a pass.
 const PAUSE: Duration = Duration::from_millis(20);
-
-/// What Prometheus 2.42 sends.
-const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 struct Args {
     uri: String,
@@ -85,70 +85,35 @@ fn parse_args() -> Args {
     args
 }
 
-fn number(s: &str) -> usize {
-    s.parse()
-        .unwrap_or_else(|_| fail(&format!("not a number: {s}")))
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("handler_vs_exporter: {msg}");
-    std::process::exit(2)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    if xs.is_empty() {
-        f64::NAN
-    } else {
-        xs[xs.len() / 2]
+/// Series and families of a text page, without self-metrics, by stat group: what each side
+/// exports, to compare like with like.
+fn page_summary(page: &str) -> String {
+    let mut families = std::collections::BTreeMap::<&str, usize>::new();
+    for line in page
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        if name.starts_with("kubevirt_metrics_sidecar_")
+            || name.starts_with("go_")
+            || name.starts_with("process_")
+            || name.starts_with("promhttp_")
+        {
+            continue;
+        }
+        *families.entry(name).or_default() += 1;
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// CPU time (user + system) this process used so far.
-fn self_cpu() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: usage points to writable memory of the right type.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    // SAFETY: getrusage filled it (and it was zeroed anyway).
-    let u = unsafe { usage.assume_init() };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// CPU time of another process: the sum of its threads' run times from
-/// `/proc/PID/task/*/schedstat` (nanoseconds; `/proc/PID/stat` only counts 10 ms ticks).
-fn proc_cpu(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let ns: u64 = tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(ns)
-}
-
-/// `Rss`, `Pss` and anonymous (`Pss_Anon`) memory of a process in KiB. RSS counts every
-/// mapped page of the shared libraries (libvirt and its dependencies are ~11 MiB of it).
-fn memory_kib(pid: u32) -> (u64, u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Rss:"), field("Pss:"), field("Pss_Anon:"))
+    let series: usize = families.values().sum();
+    let names: Vec<&str> = families.keys().copied().collect();
+    format!(
+        "{series} series in {} families: {}",
+        names.len(),
+        names.join(" ")
+    )
 }
 
 fn memory(pid: u32) -> String {
-    let (rss, pss, anon) = memory_kib(pid);
-    format!("rss {rss} KiB (pss {pss}, anon {anon})")
+    Memory::of(pid).to_string()
 }
 
 fn libvirtd_pid() -> Option<u32> {
@@ -195,8 +160,8 @@ fn bench_bulk(uri: &str, n: usize) -> Bulk {
         std::thread::sleep(PAUSE);
     }
     Bulk {
-        call_ms: median(calls),
-        free_ms: median(frees),
+        call_ms: median(&calls),
+        free_ms: median(&frees),
         records,
     }
 }
@@ -243,8 +208,8 @@ async fn bench_pass(source: &LibvirtSource, n: usize) -> PassResult {
     // All CPU of the measured passes, freeing their records included (sleeping costs none).
     let cpu = self_cpu() - cpu0;
     PassResult {
-        median_ms: median(times),
-        source_ms: median(source_times),
+        median_ms: median(&times),
+        source_ms: median(&source_times),
         cpu_ms: ms(cpu) / n as f64,
         bytes,
         vmis,
@@ -257,22 +222,6 @@ struct ScrapeResult {
     libvirtd_cpu_ms: f64,
     memory: String,
     bytes: usize,
-}
-
-async fn scrape_once(client: &reqwest::Client, url: &str) -> usize {
-    let resp = client
-        .get(url)
-        .header(reqwest::header::ACCEPT, PROMETHEUS_ACCEPT)
-        .send()
-        .await
-        .unwrap_or_else(|e| fail(&format!("GET {url}: {e}")));
-    if !resp.status().is_success() {
-        fail(&format!("GET {url}: {}", resp.status()));
-    }
-    resp.bytes()
-        .await
-        .unwrap_or_else(|e| fail(&format!("GET {url}: {e}")))
-        .len()
 }
 
 async fn bench_scrapes(client: &reqwest::Client, url: &str, pid: u32, n: usize) -> ScrapeResult {
@@ -294,57 +243,12 @@ async fn bench_scrapes(client: &reqwest::Client, url: &str, pid: u32, n: usize) 
         _ => Duration::ZERO,
     };
     ScrapeResult {
-        median_ms: median(times),
+        median_ms: median(&times),
         cpu_ms: ms(cpu) / n as f64,
         libvirtd_cpu_ms: ms(daemon_cpu) / n as f64,
         memory: memory(pid),
         bytes,
     }
-}
-
-/// A child process killed and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| fail(&format!("no free port: {e}")))
-}
-
-async fn wait_ready(client: &reqwest::Client, url: &str, child: &mut Proc) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            fail(&format!("{url}: the process exited ({status})"));
-        }
-        if let Ok(resp) = client.get(url).send().await {
-            if resp.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    fail(&format!("{url} not ready after 60 s"));
-}
-
-fn spawn(bin: &str, args: &[String]) -> Proc {
-    Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .map(Proc)
-        .unwrap_or_else(|e| fail(&format!("cannot start {bin}: {e}")))
 }
 
 fn handler_args(uri: &str, port: u16, interval: &str) -> Vec<String> {
@@ -369,10 +273,7 @@ fn handler_args(uri: &str, port: u16, interval: &str) -> Vec<String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = parse_args();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap_or_else(|e| fail(&e.to_string()));
+    let client = prometheus_client();
     println!("== {} ({})", args.label, args.uri);
 
     let uri = args.uri.clone();
@@ -420,6 +321,10 @@ async fn main() {
     let url = format!("http://127.0.0.1:{port}/metrics");
     wait_ready(&client, &url, &mut exporter).await;
     let ex = bench_scrapes(&client, &url, exporter.0.id(), args.scrapes).await;
+    println!(
+        "exporter page: {}",
+        page_summary(&text_page(&client, &url).await)
+    );
     drop(exporter);
     println!(
         "exporter scrape            median {:8.3} ms   cpu {:7.3} ms/scrape (+ libvirtd {:7.3})   {}   {} B",
@@ -441,6 +346,10 @@ async fn main() {
         args.scrapes,
     )
     .await;
+    println!(
+        "handler page: {}",
+        page_summary(&text_page(&client, &format!("{base}/metrics")).await)
+    );
     drop(handler);
     println!(
         "handler scrape (cached)    median {:8.3} ms   cpu {:7.3} ms/scrape (+ libvirtd {:7.3})   {}   {} B",
@@ -493,13 +402,13 @@ async fn main() {
                 .await;
             std::hint::black_box(text::encode(&handler::render(&report.vmis, &[])));
             if i == 100 || i == 1000 || i % 5000 == 0 || i == args.rss_passes {
-                marks.push(format!("{i}: {}", memory(me)));
+                marks.push(format!("  {i:>6} passes: {}  {}", memory(me), Heap::now()));
             }
         }
         println!(
-            "in-process memory over {} passes: {}",
+            "in-process memory over {} passes (heap in use growing = a leak; only the arenas' free memory growing = allocator fragmentation):\n{}",
             args.rss_passes,
-            marks.join(", ")
+            marks.join("\n")
         );
     }
 }
