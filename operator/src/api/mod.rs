@@ -10,7 +10,8 @@ pub use component::Component;
 pub use hyperconverged::{HyperConverged, HyperConvergedSpec, KUBEVIRT_JSONPATCH_ANNOTATION};
 pub use kubevirt::{CustomizeComponents, KubeVirt, KubeVirtSpec, KubeVirtStatus};
 pub use policy::{
-    CollectorMode, ComponentSettings, ComponentStatus, Components, InjectionMethod, KubeVirtRef,
+    BackportsStatus, CollectorMode, ComponentSettings, ComponentStatus, Components, InjectionMethod, KubeVirtRef,
+    MonitoringSettings, MonitoringStatus, ScrapeObject,
     MetricsSidecarPolicy, MetricsSidecarPolicySpec, MetricsSidecarPolicyStatus, ObjectName,
     PullPolicy, RolledBack, RolloutSettings, RolloutStatus, SidecarSettings, StatsSource,
     TlsSettings, VirtHandlerSettings, injected_components_summary,
