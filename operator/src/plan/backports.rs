@@ -341,7 +341,10 @@ fn localize(rule: &mut Value, namespace: &str) {
     if let Some(Value::String(expr)) = rule.get_mut("expr") {
         *expr = expr
             .replace("namespace='kubevirt'", &format!("namespace='{namespace}'"))
-            .replace("namespace=\"kubevirt\"", &format!("namespace=\"{namespace}\""));
+            .replace(
+                "namespace=\"kubevirt\"",
+                &format!("namespace=\"{namespace}\""),
+            );
     }
 }
 
@@ -372,7 +375,9 @@ const LABEL_LIST_KEYWORDS: [&str; 6] = [
     "group_right",
 ];
 /// Other words that are never series names.
-const WORDS: [&str; 8] = ["and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"];
+const WORDS: [&str; 8] = [
+    "and", "or", "unless", "bool", "offset", "inf", "nan", "atan2",
+];
 
 /// The series names a PromQL expression reads (selectors only; label matchers, label
 /// lists, strings, durations and function names are skipped).
@@ -388,7 +393,9 @@ pub fn input_names(expr: &str) -> BTreeSet<String> {
             i = skip_group(&chars, i, '{', '}');
         } else if c == '[' {
             i = skip_group(&chars, i, '[', ']');
-        } else if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
             // Numbers, and durations such as `5m` after `offset`.
             while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
                 i += 1;

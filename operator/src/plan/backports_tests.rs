@@ -95,7 +95,10 @@ fn v1_6_6_gets_rules_first_in_v1_7_4_and_v1_8_4_whose_inputs_it_serves() {
     let own = names_in_rule_file(V1_6_6_RULES);
     for (kind, name) in first_in("v1.7.4").into_iter().chain(first_in("v1.8.4")) {
         let installed = b.rules.iter().any(|r| r.name == name);
-        let skipped = b.skipped.iter().any(|s| s.name == name && !s.missing.is_empty());
+        let skipped = b
+            .skipped
+            .iter()
+            .any(|s| s.name == name && !s.missing.is_empty());
         let already = own.contains(&name) || name == "kubevirt_vmi_migration_data_total_bytes";
         assert!(
             installed || skipped || already,
@@ -181,8 +184,16 @@ fn namespace_matchers_follow_the_policy_namespace() {
     })
     .unwrap();
     let exprs: Vec<&str> = b.rules.iter().map(SourceRule::expr).collect();
-    assert!(exprs.iter().all(|e| !e.contains("'kubevirt'") && !e.contains("\"kubevirt\"")));
-    assert!(exprs.iter().any(|e| e.contains("namespace='openshift-cnv'")));
+    assert!(
+        exprs
+            .iter()
+            .all(|e| !e.contains("'kubevirt'") && !e.contains("\"kubevirt\""))
+    );
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("namespace='openshift-cnv'"))
+    );
 }
 
 #[test]
@@ -193,7 +204,12 @@ fn input_names_reads_selectors_only() {
     let names: Vec<String> = input_names(expr).into_iter().collect();
     assert_eq!(
         names,
-        vec!["kubevirt_a_total", "kubevirt_vmi_info", "up", "vmi:kubevirt_b:sum"]
+        vec![
+            "kubevirt_a_total",
+            "kubevirt_vmi_info",
+            "up",
+            "vmi:kubevirt_b:sum"
+        ]
     );
 }
 
@@ -202,6 +218,18 @@ fn rule_groups_hold_records_then_alerts() {
     let groups = rule_groups(&decided("v1.6.6", true));
     let groups = groups.as_array().unwrap();
     assert_eq!(groups.len(), 2);
-    assert!(groups[0]["rules"].as_array().unwrap().iter().all(|r| r.get("record").is_some()));
-    assert!(groups[1]["rules"].as_array().unwrap().iter().all(|r| r.get("alert").is_some()));
+    assert!(
+        groups[0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("record").is_some())
+    );
+    assert!(
+        groups[1]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("alert").is_some())
+    );
 }

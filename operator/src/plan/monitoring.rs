@@ -33,9 +33,7 @@ use serde_json::{Map, Value, json};
 
 use super::backports::{self, BackportInputs, ReleaseMatch, RuleKind};
 use super::{Plan, PlanError};
-use crate::api::{
-    BackportsStatus, Component, FIELD_MANAGER, MetricsSidecarPolicy, ScrapeObject,
-};
+use crate::api::{BackportsStatus, Component, FIELD_MANAGER, MetricsSidecarPolicy, ScrapeObject};
 
 const PODMONITOR_YAML: &str = include_str!("../../../config/prometheus/podmonitor.yaml");
 const ALERTS_YAML: &str = include_str!("../../../config/prometheus/prometheusrule.yaml");
@@ -182,7 +180,10 @@ pub struct MonitoringPlan {
 /// KubeVirt's NetworkPolicies: virt-operator names every one of its component policies
 /// `kubevirt-allow-*` (v1.9.0: `kubevirt-allow-ingress-to-metrics`, ...). Ours has the same
 /// prefix, so it is told apart by our managed-by label.
-pub fn is_kubevirt_network_policy(name: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+pub fn is_kubevirt_network_policy(
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
     name.starts_with("kubevirt-allow-")
         && labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(FIELD_MANAGER)
 }
@@ -250,7 +251,8 @@ pub fn plan(
             }
             ScrapeObject::ServiceMonitor if facts.crds.service_monitor => {
                 for (component, port) in &ports {
-                    out.objects.push(service(namespace, &owner, *component, port)?);
+                    out.objects
+                        .push(service(namespace, &owner, *component, port)?);
                 }
                 out.objects
                     .push(service_monitor(namespace, &owner, &distinct)?);
@@ -283,13 +285,8 @@ pub fn plan(
     }
     if settings.backports {
         let handler_sidecar = ports.iter().any(|(c, _)| *c == Component::VirtHandler);
-        let (status, object) = plan_backports(
-            namespace,
-            &owner,
-            facts,
-            handler_sidecar,
-            &mut missing_crds,
-        )?;
+        let (status, object) =
+            plan_backports(namespace, &owner, facts, handler_sidecar, &mut missing_crds)?;
         out.backports = Some(status);
         out.objects.extend(object);
     }
@@ -375,7 +372,10 @@ fn plan_backports(
         "metadata": metadata(BACKPORTS_NAME, namespace, owner, rule_labels()),
         "spec": {"groups": backports::rule_groups(&decided)},
     });
-    Ok((status, Some(finish(ObjectKind::PrometheusRule, BACKPORTS_NAME, body)?)))
+    Ok((
+        status,
+        Some(finish(ObjectKind::PrometheusRule, BACKPORTS_NAME, body)?),
+    ))
 }
 
 fn owner_reference(policy: &MetricsSidecarPolicy) -> Result<Value, PlanError> {
@@ -454,7 +454,9 @@ fn shipped_relabelings() -> Result<(Value, Value), PlanError> {
     let metric = endpoint
         .get("metricRelabelings")
         .cloned()
-        .ok_or(PlanError::Internal("podmonitor.yaml has no metricRelabelings"))?;
+        .ok_or(PlanError::Internal(
+            "podmonitor.yaml has no metricRelabelings",
+        ))?;
     Ok((relabelings, metric))
 }
 
