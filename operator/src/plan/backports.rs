@@ -25,6 +25,7 @@
 //!      exactly the families virt-handler lacks, in `full` mode all;
 //!    - any other name not containing `kubevirt` (kube-state-metrics, cAdvisor, apiserver
 //!      series), which KubeVirt's own rules assume just the same.
+//!
 //!    Any other `kubevirt` name makes the candidate skipped, with the name in status.
 //! 4. Expressions as v1.9.0 builds them for namespace `kubevirt`; `namespace='kubevirt'`
 //!    matchers are rewritten to the policy's namespace, as KubeVirt's generator would.
