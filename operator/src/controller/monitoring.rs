@@ -4,8 +4,9 @@
 //! are no longer planned). The decisions are in `crate::plan::monitoring`.
 //!
 //! The CRDs are looked up on every reconcile, so CRDs installed after the operator started
-//! are picked up at the next one; while a policy asks for objects whose CRD is missing, the
-//! reconcile is requeued after `Settings::wait`. A missing CRD is not an error: the policy's
+//! are picked up at the next one (at the latest the periodic resync); while a policy that
+//! sets `spec.monitoring` asks for objects whose CRD is missing, the reconcile is requeued
+//! after `Settings::wait`. A missing CRD is not an error: the policy's
 //! status says what is not created and why.
 
 use std::collections::BTreeMap;
@@ -121,15 +122,31 @@ pub async fn converge(
     };
     let planned = monitoring::plan(policy, plan, &facts)?;
     let mut wrote = false;
-    for kind in &planned.managed_kinds {
+    // Nothing wanted and nothing made before (per status): no request to look for stale
+    // objects. Policy deletion (`remove_all`) always looks.
+    let made_before = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.monitoring.as_ref())
+        .is_some_and(|m| !m.objects.is_empty());
+    let kinds = if planned.objects.is_empty() && !made_before {
+        Vec::new()
+    } else {
+        planned.managed_kinds.clone()
+    };
+    for kind in &kinds {
         let desired: Vec<&DesiredObject> =
             planned.objects.iter().filter(|o| o.kind == *kind).collect();
         wrote |= sync_kind(ctx, namespace, *kind, policy, &desired).await?;
     }
-    let asks_for_missing_crd = planned
-        .notes
-        .iter()
-        .any(|n| n.contains("prometheus-operator CRDs"));
+    // A policy that sets spec.monitoring asked for these objects: look again soon. One
+    // that relies on the defaults is looked at again at the periodic resync, so a cluster
+    // without the Prometheus Operator is not polled every `wait`.
+    let asks_for_missing_crd = policy.spec.monitoring.is_some()
+        && planned
+            .notes
+            .iter()
+            .any(|n| n.contains("prometheus-operator CRDs"));
     Ok(Outcome {
         status: MonitoringStatus {
             objects: planned.objects.iter().map(DesiredObject::display).collect(),
