@@ -166,6 +166,7 @@ async fn no_reinjection_while_the_generation_holds_then_reinjected_when_the_spec
     server
         .reads(&[kubevirt("6", Some(ours[1..].to_vec()))], &[p.clone()])
         .await;
+    server.monitoring_reads().await;
     assert_eq!(
         task.await.unwrap().unwrap(),
         Action::requeue(Duration::from_secs(300))
