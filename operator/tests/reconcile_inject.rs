@@ -76,6 +76,7 @@ async fn first_injection_writes_our_entries_with_the_resource_version() {
     assert_kv_write(&r, "5", &ours);
     r.ok(&kubevirt("6", Some(ours.clone())));
 
+    server.monitoring_reads().await;
     let status = server.status_apply("metrics").await;
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["injectionMethod"], "CustomizeComponents");
@@ -126,6 +127,7 @@ async fn an_unchanged_world_causes_zero_writes() {
     // First pass: entries and sidecars are in place, only the status is new.
     let task = spawn_reconcile(&p, &ctx);
     server.reads(&[kv.clone()], &[p.clone()]).await;
+    server.monitoring_reads().await;
     let status = server.status_apply("metrics").await;
     assert_eq!(condition(&status, "Ready")["status"], "True");
     assert_eq!(condition(&status, "Ready")["reason"], "Injected");
@@ -139,6 +141,7 @@ async fn an_unchanged_world_causes_zero_writes() {
     p["status"] = status;
     let task = spawn_reconcile(&p, &ctx);
     server.reads(&[kv], &[p.clone()]).await;
+    server.monitoring_reads().await;
     assert_eq!(
         task.await.unwrap().unwrap(),
         Action::requeue(Duration::from_secs(300))
@@ -181,6 +184,7 @@ async fn a_409_conflict_rereads_and_keeps_the_concurrent_entry() {
     assert_kv_write(&r, "8", &want);
     r.ok(&kubevirt("9", Some(want.clone())));
 
+    server.monitoring_reads().await;
     server.status_apply("metrics").await;
     let (_, reason, _) = server.event().await;
     assert_eq!(reason, "Injected");
@@ -217,6 +221,7 @@ async fn foreign_entries_stay_byte_for_byte_and_in_place() {
             .is_none()
     );
     r.ok(&kubevirt("6", Some(want)));
+    server.monitoring_reads().await;
     server.status_apply("metrics").await;
     server.event().await;
     task.await.unwrap().unwrap();
@@ -254,6 +259,7 @@ async fn a_policy_update_replaces_our_entries_in_place_and_drops_disabled_ones()
     let want = vec![new_entries[0].clone(), a, z];
     assert_kv_write(&r, "11", &want);
     r.ok(&kubevirt("12", Some(want)));
+    server.monitoring_reads().await;
     let status = server.status_apply("metrics").await;
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(status["injectedComponents"], "virt-handler");
@@ -294,6 +300,7 @@ async fn virt_operator_is_patched_by_server_side_apply() {
     assert_eq!(containers.len(), 1);
     assert_eq!(containers[0]["name"], "metrics-sidecar");
     r.ok(&virt_operator_with_marker(OWNER));
+    server.monitoring_reads().await;
     let status = server.status_apply("metrics").await;
     assert_eq!(status["components"][0]["component"], "virt-operator");
     assert_eq!(status["components"][0]["injected"], true);
@@ -326,6 +333,7 @@ async fn moving_kubevirt_ref_takes_our_entries_out_of_the_old_cr() {
         .await;
     assert_kv_write(&r, "6", &ours);
     r.ok(&new_cr);
+    server.monitoring_reads().await;
     server.status_apply("metrics").await;
     server.event().await;
     task.await.unwrap().unwrap();

@@ -58,6 +58,7 @@ async fn deletion_removes_exactly_our_entries_then_the_finalizer() {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "virt-operator", "namespace": "kubevirt"}})
     );
     r.ok(&deployments(false)[2]);
+    server.monitoring_cleanup_reads().await;
 
     let (type_, reason, _) = server.event().await;
     assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "Removed"));
@@ -89,6 +90,7 @@ async fn deletion_with_nothing_of_ours_left_only_drops_the_finalizer() {
     server
         .workloads(&[virt_handler(false)], &deployments(false))
         .await;
+    server.monitoring_cleanup_reads().await;
     let r = server.expect("PATCH", &format!("{MSP_PATH}/metrics")).await;
     r.ok(&p);
     task.await.unwrap().unwrap();
@@ -165,6 +167,7 @@ async fn a_hyperconverged_owner_gets_the_annotation_and_the_kubevirt_cr_is_untou
         Some(&serde_json::to_string(&want).unwrap()),
     ));
 
+    server.monitoring_reads().await;
     let status = server.status_apply("metrics").await;
     assert_eq!(status["injectionMethod"], "HyperConvergedJsonPatch");
     assert_eq!(
@@ -205,6 +208,7 @@ async fn deleting_under_hco_removes_our_operations_only() {
     server
         .workloads(&[virt_handler(true)], &deployments(true))
         .await;
+    server.monitoring_cleanup_reads().await;
     server.event().await;
     server
         .expect("PATCH", &format!("{MSP_PATH}/metrics"))
@@ -346,6 +350,7 @@ async fn a_kubevirt_cr_that_is_still_deploying_gets_our_entries_and_the_status_s
             "written before virt-operator reports Deployed"
         );
         r.ok(&kubevirt("6", Some(ours)));
+        server.monitoring_reads().await;
         let status = server.status_apply("metrics").await;
         let ready = condition(&status, "Ready");
         assert_eq!(ready["status"], "False");

@@ -91,6 +91,7 @@ async fn a_crash_looping_sidecar_takes_out_its_component_only_and_says_why() {
     );
     r.ok(&kubevirt("6", Some(after)));
 
+    server.monitoring_reads().await;
     let status = server.status_apply("metrics").await;
     let message = "sidecar of virt-handler rolled back (CrashLoopBackOff): pod kubevirt/virt-handler-x7k2p, container metrics-sidecar: back-off 2m40s restarting failed container=metrics-sidecar; last terminated: Error (exit code 2): error: --tls-cert: no such file. It stays out until the policy's spec changes (generation 1)";
     let degraded = condition(&status, "Degraded");
@@ -143,6 +144,7 @@ async fn rolled_back_status(p: &Value) -> Value {
     server.pods(&[crash_looping_pod(p)]).await;
     let r = server.expect("PATCH", &kv_patch_path()).await;
     r.ok(&kubevirt("6", Some(ours[1..].to_vec())));
+    server.monitoring_reads().await;
     let status = server.status_apply("metrics").await;
     server.event().await;
     task.await.unwrap().unwrap();
@@ -164,6 +166,7 @@ async fn no_reinjection_while_the_generation_holds_then_reinjected_when_the_spec
     server
         .reads(&[kubevirt("6", Some(ours[1..].to_vec()))], &[p.clone()])
         .await;
+    server.monitoring_reads().await;
     assert_eq!(
         task.await.unwrap().unwrap(),
         Action::requeue(Duration::from_secs(300))
@@ -187,6 +190,7 @@ async fn no_reinjection_while_the_generation_holds_then_reinjected_when_the_spec
         "virt-handler re-injected"
     );
     r.ok(&kubevirt("7", Some(back)));
+    server.monitoring_reads().await;
     let status = server.status_apply("metrics").await;
     assert!(status.get("rolledBack").is_none(), "{status:#}");
     assert_eq!(condition(&status, "Degraded")["status"], "False");

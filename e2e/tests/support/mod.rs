@@ -139,6 +139,16 @@ fn our_crds() -> anyhow::Result<Vec<Value>> {
     Ok(out)
 }
 
+/// The real prometheus-operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule,
+/// v0.93.0) from `testdata/prometheus-operator/crds.yaml`, applied like KubeVirt's.
+pub async fn install_prometheus_operator_crds(client: &Client) -> anyhow::Result<()> {
+    let mut names = Vec::new();
+    for crd in documents("testdata/prometheus-operator/crds.yaml")? {
+        names.push(apply_crd(client, &crd).await?);
+    }
+    established(client, &names).await
+}
+
 /// A stand-in HyperConverged CRD (hco.kubevirt.io/v1beta1, schema open): HCO's real CRD is
 /// not in testdata; the operator only reads metadata and writes one annotation.
 pub async fn install_hyperconverged_crd(client: &Client) -> anyhow::Result<()> {

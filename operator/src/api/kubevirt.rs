@@ -81,6 +81,16 @@ impl KubeVirt {
             .filter(|p| !p.is_empty())
     }
 
+    /// `status.observedKubeVirtVersion`: the KubeVirt release virt-operator has deployed.
+    pub fn observed_version(&self) -> Option<&str> {
+        self.status
+            .as_ref()?
+            .other
+            .get("observedKubeVirtVersion")?
+            .as_str()
+            .filter(|v| !v.is_empty())
+    }
+
     /// Whether KubeVirt reports a finished install (`status.phase == Deployed`).
     pub fn is_deployed(&self) -> bool {
         self.phase() == Some(PHASE_DEPLOYED)

@@ -10,9 +10,10 @@ pub use component::Component;
 pub use hyperconverged::{HyperConverged, HyperConvergedSpec, KUBEVIRT_JSONPATCH_ANNOTATION};
 pub use kubevirt::{CustomizeComponents, KubeVirt, KubeVirtSpec, KubeVirtStatus};
 pub use policy::{
-    CollectorMode, ComponentSettings, ComponentStatus, Components, InjectionMethod, KubeVirtRef,
-    MetricsSidecarPolicy, MetricsSidecarPolicySpec, MetricsSidecarPolicyStatus, ObjectName,
-    PullPolicy, RolledBack, RolloutSettings, RolloutStatus, SidecarSettings, StatsSource,
+    BackportsStatus, CollectorMode, ComponentSettings, ComponentStatus, Components,
+    InjectionMethod, KubeVirtRef, MetricsSidecarPolicy, MetricsSidecarPolicySpec,
+    MetricsSidecarPolicyStatus, MonitoringSettings, MonitoringStatus, ObjectName, PullPolicy,
+    RolledBack, RolloutSettings, RolloutStatus, ScrapeObject, SidecarSettings, StatsSource,
     TlsSettings, VirtHandlerSettings, injected_components_summary,
 };
 

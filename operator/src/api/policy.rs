@@ -114,6 +114,62 @@ pub struct MetricsSidecarPolicySpec {
     /// component's sidecar out again, so a KubeVirt rollout or upgrade is never blocked by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSettings>,
+
+    /// Monitoring objects the operator manages for the sidecars (scrape object, alerts,
+    /// NetworkPolicy) and KubeVirt rule backports. The Prometheus Operator objects are made
+    /// only when its CRDs (monitoring.coreos.com/v1) are served; status says why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSettings>,
+}
+
+/// How Prometheus is told to scrape the sidecars.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ScrapeObject {
+    /// One PodMonitor selecting the component pods' sidecar ports (default).
+    #[default]
+    PodMonitor,
+    /// A headless Service per component with a sidecar, and one ServiceMonitor.
+    ServiceMonitor,
+    /// No scrape object: scrape the sidecars yourself.
+    None,
+}
+
+/// `spec.monitoring`: what the operator creates besides the sidecars. Every object is
+/// owned by the policy (ownerReference) and removed when the policy is deleted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSettings {
+    /// `PodMonitor` (default), `ServiceMonitor` or `None`. Labelled like KubeVirt's own
+    /// ServiceMonitor, so the Prometheus that scrapes KubeVirt scrapes the sidecars too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape: Option<ScrapeObject>,
+
+    /// A PrometheusRule with the sidecars' health alerts (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<bool>,
+
+    /// A NetworkPolicy admitting the sidecar ports, made only when the namespace has
+    /// KubeVirt's own NetworkPolicies (which admit only 8443 and 8187) (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<bool>,
+
+    /// Install the recording rules and alerts of KubeVirt v1.9.0 that the running release
+    /// (`status.observedKubeVirtVersion` of the KubeVirt CR) lacks, when their input metrics
+    /// are served (default false).
+    #[serde(default)]
+    pub backports: bool,
+}
+
+impl MonitoringSettings {
+    pub fn scrape(&self) -> ScrapeObject {
+        self.scrape.unwrap_or_default()
+    }
+    pub fn alerts(&self) -> bool {
+        self.alerts.unwrap_or(true)
+    }
+    pub fn network_policy(&self) -> bool {
+        self.network_policy.unwrap_or(true)
+    }
 }
 
 /// Default of `spec.rollout.unhealthyTimeout`.
@@ -396,6 +452,51 @@ pub struct MetricsSidecarPolicyStatus {
     /// change the policy's spec to inject them again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rolled_back: Vec<RolledBack>,
+
+    /// The monitoring objects the operator manages for this policy, or why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringStatus>,
+}
+
+/// What `spec.monitoring` produced.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringStatus {
+    /// Objects in place, as `Kind/name` (in the policy's namespace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
+    /// Why something asked for is not there (e.g. the prometheus-operator CRDs are not
+    /// served), in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The KubeVirt rule backports, when `spec.monitoring.backports` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backports: Option<BackportsStatus>,
+}
+
+/// Which KubeVirt v1.9.0 rules were backported, and which not.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackportsStatus {
+    /// `status.observedKubeVirtVersion` of the KubeVirt CR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubevirt_version: Option<String>,
+    /// The release of the embedded data that describes it (same minor), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_release: Option<String>,
+    /// Recording rules installed (recorded series names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recording_rules: Vec<String>,
+    /// Alerts installed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<String>,
+    /// Rules the running release lacks but whose input metrics nobody serves, as
+    /// `name (missing: metric, ...)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+    /// Why nothing is installed, when so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One component rolled back for an unhealthy sidecar, and the evidence.

@@ -35,7 +35,7 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    fn kube(target: WriteTarget, source: kube::Error) -> Self {
+    pub(crate) fn kube(target: WriteTarget, source: kube::Error) -> Self {
         ApplyError::Kube {
             target: target.label(),
             source,

@@ -54,6 +54,7 @@ fn writing(target: &str) -> String {
         "kubevirt" => "writing the KubeVirt CR".to_owned(),
         "hyperconverged" => "writing the HyperConverged CR".to_owned(),
         "deployment" => "applying the virt-operator Deployment".to_owned(),
+        "monitoring" => "writing the monitoring objects (spec.monitoring)".to_owned(),
         other => format!("writing {other}"),
     }
 }
@@ -97,6 +98,7 @@ pub async fn report(ctx: &Context, policy: &MetricsSidecarPolicy, err: &Reconcil
         components: previous.components.clone(),
         // Rollbacks already recorded at this generation are kept by `status::desired`.
         rolled_back: Vec::new(),
+        monitoring: None,
     };
     let desired = status::desired(policy, &report, &status::now());
     if !matches!(err, ReconcileError::Status(_))

@@ -29,6 +29,9 @@ pub enum WriteTarget {
     Deployment,
     /// The status subresource of a MetricsSidecarPolicy.
     Status,
+    /// The monitoring objects of `spec.monitoring` (PodMonitor, ServiceMonitor,
+    /// PrometheusRule, Service, NetworkPolicy): applied or deleted.
+    Monitoring,
 }
 
 impl WriteTarget {
@@ -38,6 +41,7 @@ impl WriteTarget {
             WriteTarget::HyperConverged => "hyperconverged",
             WriteTarget::Deployment => "deployment",
             WriteTarget::Status => "status",
+            WriteTarget::Monitoring => "monitoring",
         }
     }
 }

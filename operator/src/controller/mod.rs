@@ -16,6 +16,7 @@ pub mod forbidden;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod monitoring;
 pub mod observe;
 pub mod reconcile;
 pub mod rollout;

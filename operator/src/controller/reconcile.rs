@@ -27,6 +27,7 @@ use super::apply::{self, ApplyError};
 use super::context::Context;
 use super::events::{self, Notice, reasons};
 use super::forbidden;
+use super::monitoring;
 use super::observe::{self, Workloads};
 use super::rollout;
 use super::status::{self, Report, State};
@@ -189,6 +190,7 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
         method,
         components,
         rolled_back: Vec::new(),
+        monitoring: None,
     };
     if let Err(winner) = target::arbitrate(policy, kv, &seen.policies, &seen.kubevirts) {
         let note = format!(
@@ -297,6 +299,22 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
     };
     match result {
         Ok(wrote) => {
+            let monitoring = match monitoring::converge(ctx, policy, kv, &full_plan).await {
+                Ok(outcome) => outcome,
+                // Reported as missing RBAC by `forbidden::report`.
+                Err(err) if forbidden::find(&err).is_some() => return Err(err),
+                Err(err) => {
+                    tracing::warn!(policy = %policy.name_any(), %namespace, error = %err, "monitoring objects");
+                    monitoring::Outcome {
+                        status: crate::api::MonitoringStatus {
+                            notes: vec![format!("monitoring objects not written: {err}")],
+                            ..Default::default()
+                        },
+                        waiting_for_crds: true,
+                        wrote: false,
+                    }
+                }
+            };
             let in_place: BTreeSet<String> = plan
                 .entries
                 .iter()
@@ -329,6 +347,10 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
             } else {
                 ctx.settings.wait
             };
+            if monitoring.waiting_for_crds {
+                // CRDs installed later are found by discovery at the next reconcile.
+                requeue = requeue.min(ctx.settings.wait);
+            }
             if let Some(recheck) = decision.recheck_after {
                 // An unready sidecar reaches its bound then; no event marks that moment.
                 requeue = requeue.min(recheck + Duration::from_secs(1));
@@ -339,6 +361,7 @@ async fn converge(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action
                 components.into_iter().map(|(s, _)| s).collect(),
             );
             report.rolled_back = decision.rollbacks.clone();
+            report.monitoring = Some(monitoring.status);
             finish(ctx, policy, report, None).await?;
             for rollback in &decision.rollbacks {
                 events::publish(ctx, policy, &rolled_back_notice(rollback)).await;
@@ -584,8 +607,9 @@ async fn cleanup(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action,
     if let Some(live) = workloads.deployment(Component::VirtOperator) {
         wrote |= apply::virt_operator_cleanup(ctx, live, &owner).await?;
     }
-    if wrote {
-        let note = if touched.is_empty() {
+    let removed = monitoring::remove_all(ctx, policy, &namespace).await?;
+    if wrote || !removed.is_empty() {
+        let mut note = if touched.is_empty() {
             "removed this policy's sidecar from the virt-operator Deployment".to_owned()
         } else {
             format!(
@@ -593,6 +617,15 @@ async fn cleanup(policy: &MetricsSidecarPolicy, ctx: &Context) -> Result<Action,
                 touched.join(", ")
             )
         };
+        if !wrote {
+            note.clear();
+        }
+        if !removed.is_empty() {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            note.push_str(&format!("deleted {}", removed.join(", ")));
+        }
         events::publish(
             ctx,
             policy,

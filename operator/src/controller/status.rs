@@ -18,7 +18,7 @@ use super::target::Waiting;
 use crate::api::conditions::{self as cond};
 use crate::api::{
     Component, ComponentStatus, InjectionMethod, MetricsSidecarPolicy, MetricsSidecarPolicyStatus,
-    ObjectName, RolledBack, RolloutStatus, injected_components_summary,
+    MonitoringStatus, ObjectName, RolledBack, RolloutStatus, injected_components_summary,
 };
 
 /// Reason of a `Degraded=False` condition.
@@ -60,6 +60,9 @@ pub struct Report {
     /// Rollbacks decided in this reconcile. Earlier ones of the same policy generation are
     /// kept from the current status by [`desired`], whatever the state.
     pub rolled_back: Vec<RolledBack>,
+    /// The monitoring objects, when this reconcile got that far; otherwise the status
+    /// keeps what it showed.
+    pub monitoring: Option<MonitoringStatus>,
 }
 
 impl Report {
@@ -71,6 +74,7 @@ impl Report {
             method: None,
             components: Vec::new(),
             rolled_back: Vec::new(),
+            monitoring: None,
         }
     }
 }
@@ -115,6 +119,10 @@ pub fn desired(
         injected_components: Some(injected_components_summary(&report.components)),
         components: report.components.clone(),
         rolled_back,
+        monitoring: report
+            .monitoring
+            .clone()
+            .or_else(|| policy.status.as_ref().and_then(|s| s.monitoring.clone())),
     }
 }
 

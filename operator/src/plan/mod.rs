@@ -15,8 +15,10 @@
 //! the user's order; the same input always gives the same bytes, so an unchanged policy never
 //! rolls virt-handler.
 
+pub mod backports;
 pub mod entries;
 pub mod hco;
+pub mod monitoring;
 pub mod settings;
 pub mod sidecar;
 pub mod virt_operator;
@@ -58,6 +60,8 @@ pub enum PlanError {
     },
     #[error("the HyperConverged annotation kubevirt.kubevirt.io/jsonpatch cannot be read: {0}")]
     BadHcoAnnotation(String),
+    #[error("backports: {0}")]
+    Backports(String),
     #[error("cannot serialize: {0}")]
     Serialize(#[source] serde_json::Error),
     #[error("internal error: {0}")]

@@ -35,6 +35,12 @@ pub const HCO_PATH: &str = "/apis/hco.kubevirt.io/v1beta1/namespaces/kubevirt/hy
 pub const PODS_PATH: &str = "/api/v1/namespaces/kubevirt/pods";
 pub const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/kubevirt/events";
 
+pub const MONITORING_DISCOVERY_PATH: &str = "/apis/monitoring.coreos.com/v1";
+pub const NP_PATH: &str = "/apis/networking.k8s.io/v1/namespaces/kubevirt/networkpolicies";
+pub const SERVICES_PATH: &str = "/api/v1/namespaces/kubevirt/services";
+pub const MANAGED_SELECTOR: &str =
+    "&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkubevirt-metrics-operator";
+
 /// The query of a server-side apply (forced) and of a merge patch by this operator.
 pub const APPLY_QUERY: &str = "&force=true&fieldManager=kubevirt-metrics-operator";
 pub const PATCH_QUERY: &str = "&fieldManager=kubevirt-metrics-operator";
@@ -229,6 +235,31 @@ impl Server {
         let r = self.expect("GET", DEPLOY_PATH).await;
         assert_eq!(r.query, DEPLOY_SELECTOR);
         r.ok(&list("apps/v1", "DeploymentList", deployments));
+    }
+
+    /// The monitoring step of an Apply reconcile on a cluster without the
+    /// prometheus-operator CRDs and without NetworkPolicies: API discovery of
+    /// monitoring.coreos.com/v1 (404) and the namespace's NetworkPolicies (none); nothing
+    /// is planned, so nothing else is asked.
+    pub async fn monitoring_reads(&mut self) {
+        let r = self.expect("GET", MONITORING_DISCOVERY_PATH).await;
+        r.not_found();
+        let r = self.expect("GET", NP_PATH).await;
+        assert_eq!(r.query, "");
+        r.ok(&list("networking.k8s.io/v1", "NetworkPolicyList", &[]));
+    }
+
+    /// The monitoring step of a policy deletion without the prometheus-operator CRDs:
+    /// discovery, then our Services and NetworkPolicies (none).
+    pub async fn monitoring_cleanup_reads(&mut self) {
+        let r = self.expect("GET", MONITORING_DISCOVERY_PATH).await;
+        r.not_found();
+        let r = self.expect("GET", SERVICES_PATH).await;
+        assert_eq!(r.query, MANAGED_SELECTOR);
+        r.ok(&list("v1", "ServiceList", &[]));
+        let r = self.expect("GET", NP_PATH).await;
+        assert_eq!(r.query, MANAGED_SELECTOR);
+        r.ok(&list("networking.k8s.io/v1", "NetworkPolicyList", &[]));
     }
 
     /// The server-side apply of the policy status; returns the applied status.
