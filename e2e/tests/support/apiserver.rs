@@ -51,9 +51,9 @@ pub fn source() -> Source {
 
 /// The server for test `test_name`, or `None` after printing a loud SKIPPED line.
 pub async fn start(test_name: &str) -> anyhow::Result<Option<ApiServer>> {
-    match source() {
-        Source::Kubeconfig(path) => Ok(Some(from_kubeconfig(&path).await?)),
-        Source::Assets(dir) => Ok(Some(start_local(&dir).await?)),
+    let server = match source() {
+        Source::Kubeconfig(path) => from_kubeconfig(&path).await?,
+        Source::Assets(dir) => start_local(&dir).await?,
         Source::None => {
             // Straight to the stderr handle: libtest captures eprintln!, and a skip must be
             // seen in a normal `cargo test` run.
@@ -65,9 +65,34 @@ pub async fn start(test_name: &str) -> anyhow::Result<Option<ApiServer>> {
                  SKIPPED test: {test_name}\n\
                  ================================================================="
             );
-            Ok(None)
+            return Ok(None);
         }
-    }
+    };
+    announce(test_name, &server).await;
+    Ok(Some(server))
+}
+
+/// Says in the test log which API server a test runs against: straight to the stderr handle,
+/// since libtest swallows the `eprintln!` output of passing tests and CI's log must show that
+/// the e2e ran on a real server.
+async fn announce(test_name: &str, server: &ApiServer) {
+    use std::io::Write;
+    let version = server
+        .client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_else(|err| format!("unknown ({err})"));
+    let origin = if server.local {
+        "started from KUBEBUILDER_ASSETS"
+    } else {
+        "from KUBECONFIG"
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "e2e: {test_name} runs against kube-apiserver {version} ({origin}, kubeconfig {})",
+        server.kubeconfig.display()
+    );
 }
 
 async fn from_kubeconfig(path: &Path) -> anyhow::Result<ApiServer> {
