@@ -19,22 +19,8 @@ RSS_SCRAPES=${RSS_SCRAPES:-10000}
 RSS_PASSES=${RSS_PASSES:-10000}
 PEERS=scripts/real-peers.sh
 
-state=${KVMS_PEERS_DIR:-/var/tmp/kvms-peers}/state.env
-[[ -f $state ]] || { echo "peers not up: run $PEERS up" >&2; exit 1; }
-# shellcheck disable=SC1090
-source "$state"
-
-echo "== building (release)"
-cargo build --release --quiet -p kubevirt-metrics-collectors --bin virt-handler-metrics
-cargo bench --quiet -p kubevirt-metrics-collectors --bench handler_vs_exporter --no-run 2>/dev/null
-HANDLER=$PWD/target/release/virt-handler-metrics
-
-run() { # run LABEL URI [extra args]
-  local label=$1 uri=$2; shift 2
-  cargo bench --quiet -p kubevirt-metrics-collectors --bench handler_vs_exporter -- \
-    --label "$label" --uri "$uri" --handler-bin "$HANDLER" --exporter-bin "$LIBVIRT_EXPORTER" \
-    --iterations "$ITERATIONS" --scrapes "$SCRAPES" "$@"
-}
+# shellcheck source=bench/libvirt-common.sh
+source bench/libvirt-common.sh
 
 original=$TEST_DOMAINS
 trap 'bash $PEERS test-domains "$original" >/dev/null' EXIT

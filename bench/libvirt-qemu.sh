@@ -20,22 +20,10 @@ cd "$(dirname "$0")/.."
 
 QEMU_DOMAINS=${QEMU_DOMAINS:-10 30}
 PEERS=scripts/real-peers.sh
-state=${KVMS_PEERS_DIR:-/var/tmp/kvms-peers}/state.env
-[[ -f $state ]] || { echo "peers not up: run $PEERS up" >&2; exit 1; }
-# shellcheck disable=SC1090
-source "$state"
-
-echo "== building (release)"
-cargo build --release --quiet -p kubevirt-metrics-collectors --bin virt-handler-metrics
-cargo bench --quiet -p kubevirt-metrics-collectors --bench handler_vs_exporter --no-run 2>/dev/null
-HANDLER=$PWD/target/release/virt-handler-metrics
-
-run() { # run LABEL URI [extra args]
-  local label=$1 uri=$2; shift 2
-  cargo bench --quiet -p kubevirt-metrics-collectors --bench handler_vs_exporter -- \
-    --label "$label" --uri "$uri" --handler-bin "$HANDLER" --exporter-bin "$LIBVIRT_EXPORTER" \
-    --iterations "${ITERATIONS:-30}" --scrapes "${SCRAPES:-30}" "$@"
-}
+ITERATIONS=${ITERATIONS:-30}
+SCRAPES=${SCRAPES:-30}
+# shellcheck source=bench/libvirt-common.sh
+source bench/libvirt-common.sh
 
 original_qemu=$(bash $PEERS status 2>/dev/null | awk -F': ' '/extra QEMU guests/{print $2}')
 original_test=$TEST_DOMAINS
