@@ -12,7 +12,8 @@
 #
 # Env: VMIS (10,100,400), ITERATIONS (30), SCRAPES (300), KUBEVIRT_SCRAPES (10),
 # COMPLEMENT_SECONDS (15), SOAK_COLLECTIONS (10000), SOAK_SCRAPES (10000; 0 and 0 skip
-# the soak), KUBEVIRT_PEER (else ../shared/kubevirt-peer/unpack.sh). Release build, once.
+# the soak), KEPT_ONLY=1 (only our pass against the bare calls on kept connections),
+# KUBEVIRT_PEER (else ../shared/kubevirt-peer/unpack.sh). Release build, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +29,5 @@ cargo bench --quiet -p kubevirt-metrics-collectors --bench launcher_scale -- \
   --peer "$PEER" --stats-file "$STATS" --vmis "$VMIS" \
   --iterations "${ITERATIONS:-30}" --scrapes "${SCRAPES:-300}" \
   --kubevirt-scrapes "${KUBEVIRT_SCRAPES:-10}" --complement-seconds "${COMPLEMENT_SECONDS:-15}" \
-  --soak-collections "${SOAK_COLLECTIONS:-10000}" --soak-scrapes "${SOAK_SCRAPES:-10000}"
+  --soak-collections "${SOAK_COLLECTIONS:-10000}" --soak-scrapes "${SOAK_SCRAPES:-10000}" \
+  ${KEPT_ONLY:+--kept-only}

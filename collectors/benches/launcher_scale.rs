@@ -73,6 +73,11 @@ struct Args {
     complement_seconds: u64,
     soak_collections: usize,
     soak_scrapes: usize,
+    /// Measure only the kept-connection passes (ours against the bare calls).
+    kept_only: bool,
+    /// Profiling: after setup, run only this kind of pass (`ours`, `source`, `bare`)
+    /// `--iterations` times back to back, e.g. under `perf record`.
+    only_loop: Option<String>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
@@ -88,6 +93,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
         complement_seconds: 15,
         soak_collections: 0,
         soak_scrapes: 0,
+        kept_only: false,
+        only_loop: None,
     };
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -106,6 +113,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
             "--complement-seconds" => args.complement_seconds = number(&value()) as u64,
             "--soak-collections" => args.soak_collections = number(&value()),
             "--soak-scrapes" => args.soak_scrapes = number(&value()),
+            "--kept-only" => args.kept_only = true,
+            "--loop" => args.only_loop = Some(value()),
             "--bench" => {} // added by `cargo bench`
             other => fail(&format!("unknown flag {other}")),
         }
@@ -142,7 +151,9 @@ async fn bench(args: Args) {
     for &n in &args.vmis {
         let soak = n == largest && (args.soak_collections > 0 || args.soak_scrapes > 0);
         let row = bench_n(&args, n, soak).await;
-        growth.push((n as f64, row.sidecar_memory));
+        if !args.kept_only {
+            growth.push((n as f64, row.sidecar_memory));
+        }
         rows.push(row);
     }
     print_summary(&rows, &growth);
@@ -313,10 +324,20 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
         .map(|i| socket::socket_path(&pods_dir, &format!("00000000-0000-0000-0000-{i:012}")))
         .collect();
 
+    if let Some(kind) = &args.only_loop {
+        loop_only(kind, args.iterations, &vmis, &pods_dir, &sockets, n).await;
+        std::process::exit(0);
+    }
+
     // Dialled: a new connection per VMI (dial, Info, the three calls) against our first pass.
     let (mut bare_dialled, mut first_pass) = (Sample::default(), Sample::default());
     let mut first_parts = Parts::default();
-    for i in 0..args.cold_iterations + 1 {
+    let cold_iterations = if args.kept_only {
+        0
+    } else {
+        args.cold_iterations + 1
+    };
+    for i in 0..cold_iterations {
         let fresh = source(&vmis, &pods_dir);
         let (mut a, mut b) = (Sample::default(), Sample::default());
         if i % 2 == 0 {
@@ -406,6 +427,26 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
         "  what a sidecar keeps between passes: the rendered families {families_kib} KiB of heap ({:.1} KiB per VMI) + the encoded page {text_kib} KiB",
         families_kib as f64 / n as f64
     );
+    if args.kept_only {
+        drop(peer);
+        return Row {
+            n,
+            bare_kept_ms: median(&bare_kept.wall),
+            pass_kept_ms: median(&pass_kept.wall),
+            pair_ratio,
+            bare_cpu_ms: median(&bare_kept.cpu),
+            pass_cpu_ms: median(&pass_kept.cpu),
+            source_ratio: median(&source_ratios),
+            bare_dialled_ms: f64::NAN,
+            first_pass_ms: f64::NAN,
+            kubevirt_scrape_ms: f64::NAN,
+            cached_scrape_ms: f64::NAN,
+            cached_scrape_p99_ms: f64::NAN,
+            sidecar_memory: Memory::default(),
+            component_scrapes: f64::NAN,
+            complement_collections: f64::NAN,
+        };
+    }
     println!(
         "bare calls, dialled        median {:8.2} ms  cpu {:7.2} ms/pass   (dial + Info + 3 calls per VMI)",
         median(&bare_dialled.wall),
@@ -651,6 +692,43 @@ fn print_summary(rows: &[Row], growth: &[(f64, Memory)]) {
             last.kubevirt_scrape_ms / first.kubevirt_scrape_ms
         );
     }
+}
+
+/// `--loop KIND`: one kind of pass only, back to back, for a profiler; prints its medians.
+async fn loop_only(
+    kind: &str,
+    passes: usize,
+    vmis: &[Vmi],
+    pods_dir: &Path,
+    sockets: &[PathBuf],
+    n: usize,
+) {
+    let ours = source(vmis, pods_dir);
+    let clients = dial_all(sockets).await;
+    let mut parts = Parts::default();
+    let mut sample = Sample::default();
+    for _ in 0..passes {
+        match kind {
+            "ours" => sample.measure(0, our_pass(&ours, n, &mut parts)).await,
+            "source" => {
+                sample
+                    .measure(0, async {
+                        let report = ours
+                            .collect_pass(tokio::time::Instant::now() + Duration::from_secs(60))
+                            .await;
+                        std::hint::black_box(report);
+                    })
+                    .await
+            }
+            "bare" => sample.measure(0, bare_calls_kept(&clients)).await,
+            other => fail(&format!("--loop {other}: ours, source or bare")),
+        }
+    }
+    println!(
+        "--loop {kind}: {passes} passes, median {:.2} ms, cpu {:.2} ms/pass",
+        median(&sample.wall),
+        median(&sample.cpu)
+    );
 }
 
 // ------------------------------------------------------------------ the bare round trips
