@@ -129,7 +129,9 @@ build_image() {
     version=$(awk -F'"' '/^version *=/ {print $2; exit}' "$REPO/Cargo.toml")
     revision=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
     log "building $image from $dockerfile (version $version, revision $revision)"
-    nice -n 19 "${PODMAN[@]}" build "${LIMITS[@]}" --pull=never --network host \
+    # --no-cache: buildah 1.28 reused a cached LABEL layer although REVISION had changed
+    # (stale labels). Cheap here: cargo's target directory is a cache mount, not a layer.
+    nice -n 19 "${PODMAN[@]}" build "${LIMITS[@]}" --pull=never --no-cache --network host \
         -v "$WORK/cargo-registry:/usr/local/cargo/registry" \
         --build-arg "BUILD_IMAGE=$BUILDER" --build-arg "RUNTIME_IMAGE=$BASE" \
         --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
@@ -173,8 +175,9 @@ smoke_collectors() {
 clean() {
     "${PODMAN[@]}" rmi -f "$OPERATOR" "$COLLECTORS" "$BUILDER" "$BASE" 2>/dev/null || true
     "${PODMAN[@]}" image prune -f >/dev/null
-    # buildah's cache mounts (the shared cargo target directory)
-    rm -rf /var/tmp/buildah-cache-"$(id -u)" "$WORK"
+    # buildah's cache mounts (the shared cargo target directory): buildah-cache as root,
+    # buildah-cache-UID rootless
+    rm -rf /var/tmp/buildah-cache /var/tmp/buildah-cache-"$(id -u)" "$WORK"
 }
 
 main() {
