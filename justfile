@@ -28,3 +28,7 @@ peers-down:
 images:
     docker build -f Dockerfile.collectors -t kubevirt-metrics-collectors:dev .
     docker build -f Dockerfile.operator -t kubevirt-metrics-operator:dev .
+
+# Both images with bases made from Debian packages (no container registry), smoke-tested.
+images-local:
+    bash scripts/build-images.sh
