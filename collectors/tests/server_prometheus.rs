@@ -137,19 +137,16 @@ async fn prometheus_ingests_openmetrics_with_kubevirts_series_names() {
     let targets;
     let start = std::time::Instant::now();
     loop {
-        if let Ok(response) = client.get(format!("{base}/api/v1/targets")).send().await {
-            if let Ok(answer) = response
+        if let Ok(response) = client.get(format!("{base}/api/v1/targets")).send().await
+            && let Ok(answer) = response
                 .text()
                 .await
                 .map(|body| serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default())
-            {
-                let target = &answer["data"]["activeTargets"][0];
-                if target["health"] == "up"
-                    || !target["lastError"].as_str().unwrap_or("").is_empty()
-                {
-                    targets = target.clone();
-                    break;
-                }
+        {
+            let target = &answer["data"]["activeTargets"][0];
+            if target["health"] == "up" || !target["lastError"].as_str().unwrap_or("").is_empty() {
+                targets = target.clone();
+                break;
             }
         }
         assert!(

@@ -261,10 +261,10 @@ pub async fn wait_ready(client: &reqwest::Client, url: &str, child: &mut Proc) {
         if let Ok(Some(status)) = child.0.try_wait() {
             fail(&format!("{url}: the process exited ({status})"));
         }
-        if let Ok(resp) = client.get(url).send().await {
-            if resp.status().is_success() {
-                return;
-            }
+        if let Ok(resp) = client.get(url).send().await
+            && resp.status().is_success()
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

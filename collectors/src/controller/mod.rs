@@ -169,10 +169,10 @@ impl ControllerCollector {
         if let Some(watches) = &inner.watches {
             problems.extend(watches.problems());
         }
-        if self.options.leading_status_backport {
-            if let Some(leading) = inner.leading {
-                collection.families.push(families::leading_status(leading));
-            }
+        if self.options.leading_status_backport
+            && let Some(leading) = inner.leading
+        {
+            collection.families.push(families::leading_status(leading));
         }
         collection.problems = problems;
         collection

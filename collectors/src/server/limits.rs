@@ -366,10 +366,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
             let timer = Box::pin(tokio::time::sleep(this.header_timeout));
             this.head = Some((timer, started));
         }
-        if let Some((timer, _)) = &mut this.head {
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(this.cut(CUT_HEADER, "request head")));
-            }
+        if let Some((timer, _)) = &mut this.head
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(this.cut(CUT_HEADER, "request head")));
         }
         polled
     }
