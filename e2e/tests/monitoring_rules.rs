@@ -9,8 +9,7 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-#[path = "monitoring/promql.rs"]
-mod promql;
+use kubevirt_metrics_operator::plan::promql;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -35,6 +35,8 @@ use std::sync::LazyLock;
 
 use serde_json::Value;
 
+use super::promql;
+
 /// The releases the data covers, oldest first.
 pub const RELEASES: [&str; 6] = ["v1.4.1", "v1.5.3", "v1.6.6", "v1.7.4", "v1.8.4", "v1.9.0"];
 /// The release whose rules are backported.
@@ -270,7 +272,7 @@ pub fn decide(inputs: &BackportInputs<'_>) -> Result<Backports, BackportError> {
     let inputs_of: BTreeMap<usize, BTreeSet<String>> = candidates
         .iter()
         .enumerate()
-        .map(|(i, r)| (i, input_names(r.expr())))
+        .map(|(i, r)| (i, promql::metric_names(r.expr())))
         .collect();
     let mut recorded: BTreeSet<String> = BTreeSet::new();
     let mut chosen: BTreeSet<usize> = BTreeSet::new();
@@ -347,131 +349,6 @@ fn localize(rule: &mut Value, namespace: &str) {
                 &format!("namespace=\"{namespace}\""),
             );
     }
-}
-
-/// Aggregation operators: followed by `by (...)`/`without (...)` or by `(`.
-const AGGREGATIONS: [&str; 14] = [
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "limitk",
-    "limit_ratio",
-];
-/// Keywords followed by a parenthesized label list.
-const LABEL_LIST_KEYWORDS: [&str; 6] = [
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
-/// Other words that are never series names.
-const WORDS: [&str; 8] = [
-    "and", "or", "unless", "bool", "offset", "inf", "nan", "atan2",
-];
-
-/// The series names a PromQL expression reads (selectors only; label matchers, label
-/// lists, strings, durations and function names are skipped).
-pub fn input_names(expr: &str) -> BTreeSet<String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = BTreeSet::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '\'' || c == '"' || c == '`' {
-            i = skip_string(&chars, i);
-        } else if c == '{' {
-            i = skip_group(&chars, i, '{', '}');
-        } else if c == '[' {
-            i = skip_group(&chars, i, '[', ']');
-        } else if c.is_ascii_digit()
-            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
-        {
-            // Numbers, and durations such as `5m` after `offset`.
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < chars.len()
-                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
-            {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            let mut next = i;
-            while next < chars.len() && chars[next].is_whitespace() {
-                next += 1;
-            }
-            let opens = chars.get(next) == Some(&'(');
-            let lower = word.to_ascii_lowercase();
-            if LABEL_LIST_KEYWORDS.contains(&lower.as_str()) {
-                if opens {
-                    i = skip_group(&chars, next, '(', ')');
-                }
-            } else if AGGREGATIONS.contains(&lower.as_str())
-                || WORDS.contains(&lower.as_str())
-                || opens
-            {
-                // An operator or a function call: not a series.
-            } else {
-                names.insert(word);
-            }
-        } else {
-            i += 1;
-        }
-    }
-    names
-}
-
-/// Index after the string starting at `start` (its quote), honouring backslash escapes.
-fn skip_string(chars: &[char], start: usize) -> usize {
-    let quote = chars[start];
-    let mut i = start + 1;
-    while i < chars.len() {
-        if chars[i] == '\\' && quote != '`' {
-            i += 2;
-            continue;
-        }
-        if chars[i] == quote {
-            return i + 1;
-        }
-        i += 1;
-    }
-    i
-}
-
-/// Index after the group opened at `start`, skipping strings and nested groups.
-fn skip_group(chars: &[char], start: usize, open: char, close: char) -> usize {
-    let mut depth = 0usize;
-    let mut i = start;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '\'' || c == '"' || c == '`' {
-            i = skip_string(chars, i);
-            continue;
-        }
-        if c == open {
-            depth += 1;
-        } else if c == close {
-            depth = depth.saturating_sub(1);
-            if depth == 0 {
-                return i + 1;
-            }
-        }
-        i += 1;
-    }
-    i
 }
 
 /// The rule groups of the backport PrometheusRule: recording rules, then alerts (the two

@@ -201,7 +201,9 @@ fn input_names_reads_selectors_only() {
     let expr = r#"sum by (pod, namespace) (rate(kubevirt_a_total{x="}{", y!~'a|b'}[5m] offset 1h))
         * on(pod) group_left(node) topk by(name)(1, kubevirt_vmi_info)
         / ignoring(reason) vmi:kubevirt_b:sum > bool 0.75 or vector(0) unless absent(up{job="x"})"#;
-    let names: Vec<String> = input_names(expr).into_iter().collect();
+    let names: Vec<String> = crate::plan::promql::metric_names(expr)
+        .into_iter()
+        .collect();
     assert_eq!(
         names,
         vec![

@@ -19,6 +19,7 @@ pub mod backports;
 pub mod entries;
 pub mod hco;
 pub mod monitoring;
+pub mod promql;
 pub mod settings;
 pub mod sidecar;
 pub mod virt_operator;
