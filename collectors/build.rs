@@ -1,16 +1,11 @@
-//! Generates the gRPC client and server for KubeVirt's virt-launcher command protocol
-//! (`proto/`), only when the `runtime` feature is on: the operator uses this crate with
-//! default features off and should not pay for a protobuf compiler. `protox` parses the
-//! `.proto` files in-process, so no system `protoc` is needed.
+//! Generates the gRPC client for KubeVirt's virt-launcher command protocol (`proto/`).
+//! `protox` parses the `.proto` files in-process, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=build.rs");
-    #[cfg(feature = "runtime")]
-    launcher_protocol()?;
-    Ok(())
+    launcher_protocol()
 }
 
-#[cfg(feature = "runtime")]
 fn launcher_protocol() -> Result<(), Box<dyn std::error::Error>> {
     const PROTOS: [&str; 2] = ["proto/cmd/info/info.proto", "proto/cmd/v1/cmd.proto"];
     println!("cargo:rerun-if-changed=proto");

@@ -10,8 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::families::controller::{self, ClusterState};
+use kubevirt_metrics_collectors::controller::families::{self, ClusterState};
+use kubevirt_metrics_collectors::core::format::text;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -176,7 +176,7 @@ fn run(n: usize) {
     for _ in 0..iterations {
         let base = LIVE.load(Ordering::Relaxed);
         let t = Instant::now();
-        let families = controller::render(&state);
+        let families = families::render(&state);
         renders.push(t.elapsed());
         peak_families = peak_families.max(LIVE.load(Ordering::Relaxed).saturating_sub(base));
         let t = Instant::now();

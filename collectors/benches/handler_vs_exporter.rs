@@ -25,10 +25,10 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kubevirt_metrics_collectors::collect::StatsSource;
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::families::handler;
-use kubevirt_metrics_collectors::sources::libvirt::{
+use kubevirt_metrics_collectors::core::collect::StatsSource;
+use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::handler::families;
+use kubevirt_metrics_collectors::handler::libvirt::{
     LibvirtSource, STATS_FLAGS, STATS_GROUPS, ffi,
 };
 use support::*;
@@ -191,7 +191,7 @@ async fn bench_pass(source: &LibvirtSource, n: usize) -> PassResult {
             .collect(tokio::time::Instant::now() + Duration::from_secs(30))
             .await;
         let source_took = start.elapsed();
-        let body = text::encode(&handler::render(&report.vmis, &[]));
+        let body = text::encode(&families::render(&report.vmis, &[]));
         let took = start.elapsed();
         if !report.problems.is_empty() {
             fail(&format!("collection problems: {:?}", report.problems));
@@ -400,7 +400,7 @@ async fn main() {
             let report = source
                 .collect(tokio::time::Instant::now() + Duration::from_secs(30))
                 .await;
-            std::hint::black_box(text::encode(&handler::render(&report.vmis, &[])));
+            std::hint::black_box(text::encode(&families::render(&report.vmis, &[])));
             if i == 100 || i == 1000 || i % 5000 == 0 || i == args.rss_passes {
                 marks.push(format!("  {i:>6} passes: {}  {}", memory(me), Heap::now()));
             }

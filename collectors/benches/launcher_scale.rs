@@ -38,21 +38,21 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use kubevirt_metrics_collectors::config::{CommonArgs, Mode};
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::families::handler;
-use kubevirt_metrics_collectors::runtime;
-use kubevirt_metrics_collectors::sources::launcher::proto::cmd_v1::{
+use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_collectors::handler::VmiCollector;
+use kubevirt_metrics_collectors::handler::families;
+use kubevirt_metrics_collectors::handler::launcher::payload;
+use kubevirt_metrics_collectors::handler::launcher::proto::cmd_v1::{
     EmptyRequest, cmd_client::CmdClient,
 };
-use kubevirt_metrics_collectors::sources::launcher::proto::info::{
+use kubevirt_metrics_collectors::handler::launcher::proto::info::{
     CmdInfoRequest, cmd_info_client::CmdInfoClient,
 };
-use kubevirt_metrics_collectors::sources::launcher::{
+use kubevirt_metrics_collectors::handler::launcher::{
     LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, Vmi, socket,
 };
-use kubevirt_metrics_collectors::vmi_collector::VmiCollector;
-use kubevirt_metrics_collectors::wire;
+use kubevirt_metrics_flags::{CommonArgs, Mode};
 use support::*;
 
 const NODE: &str = "node01";
@@ -305,7 +305,7 @@ async fn our_pass(source: &LauncherSource, n: usize, parts: &mut Parts) {
             &report.problems[..report.problems.len().min(3)]
         ));
     }
-    let families = handler::render(&report.vmis, &[]);
+    let families = families::render(&report.vmis, &[]);
     let t2 = Instant::now();
     parts.bytes = std::hint::black_box(text::encode(&families)).len();
     parts.source.push(ms(t1 - t0));
@@ -788,7 +788,7 @@ async fn published_size(source: &LauncherSource, n: usize) -> (i64, usize) {
         fail("collection incomplete");
     }
     let before = Heap::now().in_use_kib as i64;
-    let families = handler::render(&report.vmis, &[]);
+    let families = families::render(&report.vmis, &[]);
     let held = Heap::now().in_use_kib as i64 - before;
     let text = text::encode(&families).len() / 1024;
     drop(families);
@@ -810,7 +810,7 @@ async fn decode_only(clients: &[CmdClient<Channel>]) -> f64 {
     for _ in 0..10 {
         let t0 = Instant::now();
         for json in &payloads {
-            let decoded = wire::domain_stats_from_json(json)
+            let decoded = payload::domain_stats_from_json(json)
                 .unwrap_or_else(|e| fail(&format!("decode: {e}")));
             std::hint::black_box(decoded);
         }

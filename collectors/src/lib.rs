@@ -1,34 +1,20 @@
 //! Metrics-collector sidecars for KubeVirt's components.
 //!
-//! Layout: `config` (flags, also used by the operator), `model` (domain statistics),
-//! `exposition` (metric families), `families` (KubeVirt's exact metric families, pure),
-//! `exporters` (wire formats, pure), and, with the `runtime` feature, `sources` (where
-//! numbers come from), `server` (HTTP(S) endpoint), `runtime` (the collection loop and its
-//! cache), `component` (the co-located component's own /metrics), `controller` and `relay`
-//! (the control-plane collectors).
+//! - [`core`]: what every collector shares — the metric model, the wire formats, the HTTP(S)
+//!   server, the collection loop, self-metrics and the check of the co-located component.
+//! - [`handler`]: virt-handler-metrics — the VMI statistics model, its sources (virt-launcher,
+//!   libvirt) and KubeVirt's `kubevirt_vmi_*` families.
+//! - [`controller`]: virt-controller-metrics — the watched objects, their store and
+//!   KubeVirt's cluster families.
+//! - [`relay`]: virt-api-metrics and virt-operator-metrics — the component's own page,
+//!   relayed, plus backports.
+//! - [`k8s`]: the little the collectors need from the Kubernetes API besides watches (Lease
+//!   reading, API error kinds).
+//!
+//! Flags live in the `kubevirt-metrics-flags` crate, shared with the operator.
 
-pub mod config;
-pub mod exporters;
-pub mod exposition;
-pub mod families;
-pub mod model;
-pub mod wire;
-
-#[cfg(feature = "runtime")]
-pub mod collect;
-#[cfg(feature = "runtime")]
-pub mod component;
-#[cfg(feature = "runtime")]
 pub mod controller;
-#[cfg(feature = "runtime")]
+pub mod core;
+pub mod handler;
+pub mod k8s;
 pub mod relay;
-#[cfg(feature = "runtime")]
-pub mod runtime;
-#[cfg(feature = "runtime")]
-pub mod selfmetrics;
-#[cfg(feature = "runtime")]
-pub mod server;
-#[cfg(feature = "runtime")]
-pub mod sources;
-#[cfg(feature = "runtime")]
-pub mod vmi_collector;

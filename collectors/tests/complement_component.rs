@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kubevirt_metrics_collectors::component::{self, ComponentClient, ComponentEndpoint};
-use kubevirt_metrics_collectors::config::{CommonArgs, Mode};
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::exposition::Family;
-use kubevirt_metrics_collectors::runtime;
+use kubevirt_metrics_collectors::core::component::{self, ComponentClient, ComponentEndpoint};
+use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::core::metric::Family;
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_flags::{CommonArgs, Mode};
 use server_support::*;
 
 const SELF_PREFIX: &str = "kubevirt_metrics_sidecar_";

@@ -4,12 +4,12 @@
 mod controller_support;
 
 use controller_support::{assert_golden, fixture_state};
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::families::controller::{self, ClusterState};
+use kubevirt_metrics_collectors::controller::families::{self, ClusterState};
+use kubevirt_metrics_collectors::core::format::text;
 
 fn golden_for(fixture: &str) {
     let state = fixture_state(fixture);
-    let out = text::encode(&controller::render(&state));
+    let out = text::encode(&families::render(&state));
     assert_golden(&format!("{fixture}.prom"), &out);
 }
 
@@ -30,20 +30,20 @@ fn cluster_eviction_strategy() {
 
 #[test]
 fn empty_cluster_has_only_the_migration_counts() {
-    let out = text::encode(&controller::render(&ClusterState::default()));
+    let out = text::encode(&families::render(&ClusterState::default()));
     assert_golden("empty.prom", &out);
 }
 
 #[test]
 fn leading_status_backport() {
-    let out = text::encode(&[controller::leading_status(true)]);
+    let out = text::encode(&[families::leading_status(true)]);
     assert_eq!(
         out,
         "# HELP kubevirt_virt_controller_leading_status Indication for an operating virt-controller.\n\
          # TYPE kubevirt_virt_controller_leading_status gauge\n\
          kubevirt_virt_controller_leading_status 1\n"
     );
-    let out = text::encode(&[controller::leading_status(false)]);
+    let out = text::encode(&[families::leading_status(false)]);
     assert!(out.ends_with("kubevirt_virt_controller_leading_status 0\n"));
 }
 
@@ -57,7 +57,7 @@ fn output_is_independent_of_arrival_order() {
     for doc in docs {
         state.apply_any(doc).expect("decodes");
     }
-    let reversed = text::encode(&controller::render(&state));
-    let forward = text::encode(&controller::render(&fixture_state("cluster")));
+    let reversed = text::encode(&families::render(&state));
+    let forward = text::encode(&families::render(&fixture_state("cluster")));
     assert_eq!(forward, reversed);
 }

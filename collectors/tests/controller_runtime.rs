@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use controller_support::fake_api::{FakeApi, path_of};
 use controller_support::{repo_root, yaml_documents};
-use kubevirt_metrics_collectors::collect::{Collection, Collector};
+use kubevirt_metrics_collectors::controller::families::{self, ClusterState};
 use kubevirt_metrics_collectors::controller::{ControllerCollector, ControllerOptions};
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::families::controller::{self, ClusterState};
+use kubevirt_metrics_collectors::core::collect::{Collection, Collector};
+use kubevirt_metrics_collectors::core::format::text;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -67,7 +67,7 @@ fn expected_text(docs: &[serde_json::Value]) -> String {
     for doc in docs {
         state.apply_any(doc.clone()).expect("fixture decodes");
     }
-    text::encode(&controller::render(&state))
+    text::encode(&families::render(&state))
 }
 
 #[tokio::test]
@@ -270,7 +270,7 @@ async fn ignore_leadership_exports_without_a_lease_and_the_backport_follows_the_
     let out = text::encode(&collect(&collector).await.families);
     assert_eq!(
         out,
-        text::encode(&[controller::leading_status(false)]),
+        text::encode(&[families::leading_status(false)]),
         "a non-leader exports only the backport"
     );
     api.set_lease("virt-controller", Some(ME));

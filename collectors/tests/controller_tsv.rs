@@ -10,8 +10,8 @@ mod kubevirt_tsv;
 use std::collections::BTreeSet;
 
 use controller_support::{fixture_state, repo_root};
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::families::controller::{self, RENDERED};
+use kubevirt_metrics_collectors::controller::families::{self, RENDERED};
+use kubevirt_metrics_collectors::core::format::text;
 use kubevirt_tsv::{TsvRow, kubevirt_metrics};
 
 fn virt_controller_rows() -> std::collections::BTreeMap<String, TsvRow> {
@@ -21,7 +21,7 @@ fn virt_controller_rows() -> std::collections::BTreeMap<String, TsvRow> {
 #[test]
 fn rendered_families_match_kubevirt() {
     let rows = virt_controller_rows();
-    let families = controller::render(&fixture_state("cluster"));
+    let families = families::render(&fixture_state("cluster"));
     assert_eq!(families.len(), RENDERED.len());
     for family in &families {
         let row = rows
@@ -56,7 +56,7 @@ fn rendered_families_match_kubevirt() {
 #[test]
 fn backport_matches_kubevirt() {
     let rows = virt_controller_rows();
-    let family = controller::leading_status(true);
+    let family = families::leading_status(true);
     let row = &rows[family.name.as_ref()];
     assert_eq!(family.kind.as_str(), row.kind);
     assert_eq!(family.help, row.help);
@@ -69,7 +69,7 @@ fn promtool_accepts_the_output() {
         skipped("promtool not installed");
         return;
     };
-    let out = text::encode(&controller::render(&fixture_state("cluster")));
+    let out = text::encode(&families::render(&fixture_state("cluster")));
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use controller_support::fake_api::FakeApi;
 use fake_launcher::{FakeLauncher, Script};
-use kubevirt_metrics_collectors::collect::Collector;
-use kubevirt_metrics_collectors::config::Mode;
-use kubevirt_metrics_collectors::runtime;
-use kubevirt_metrics_collectors::sources::launcher::{
+use kubevirt_metrics_collectors::core::collect::Collector;
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_collectors::handler::VmiCollector;
+use kubevirt_metrics_collectors::handler::launcher::{
     LauncherSettings, LauncherSource, RpcTimeouts, WatchedVmis,
 };
-use kubevirt_metrics_collectors::vmi_collector::VmiCollector;
+use kubevirt_metrics_flags::Mode;
 use serde_json::{Value, json};
 use server_support::{args, get_text, http_client, wait_ready, wait_until};
 

@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, UNIX_EPOCH};
 
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::exposition::Family;
-use kubevirt_metrics_collectors::families::handler::{
+use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::core::metric::Family;
+use kubevirt_metrics_collectors::handler::families::{
     self, ABSENT_FAMILIES, FAMILIES, MigrationHistory,
 };
-use kubevirt_metrics_collectors::model::{VmiIdentity, VmiStats};
-use kubevirt_metrics_collectors::wire;
+use kubevirt_metrics_collectors::handler::launcher::payload;
+use kubevirt_metrics_collectors::handler::stats::{VmiIdentity, VmiStats};
 use kubevirt_tsv::{TsvRow, kubevirt_metrics};
 use serde::Deserialize;
 
@@ -86,9 +86,9 @@ impl VmiPayload {
                 node: self.node.clone(),
                 labels: self.labels.clone(),
             },
-            domain: wire::domain_stats_from_json(&domain_json)
+            domain: payload::domain_stats_from_json(&domain_json)
                 .unwrap_or_else(|e| panic!("{}/{}: {e}", self.namespace, self.name)),
-            filesystems: wire::filesystems_from_json(&filesystems_json)
+            filesystems: payload::filesystems_from_json(&filesystems_json)
                 .unwrap_or_else(|e| panic!("{}/{}: {e}", self.namespace, self.name)),
             dirty_rate_mbs: self.dirty_rate_mbs,
             collected_at: UNIX_EPOCH + Duration::from_millis(self.collected_at_ms),
@@ -135,7 +135,7 @@ fn rendered() -> Vec<(String, Vec<Family>)> {
             } else {
                 format!("{name}.pass{}.prom", index + 1)
             };
-            out.push((file, handler::render(&vmis, &migrations)));
+            out.push((file, families::render(&vmis, &migrations)));
         }
     }
     out

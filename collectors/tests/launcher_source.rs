@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake_launcher::{Calls, FakeLauncher, Reply, Script};
-use kubevirt_metrics_collectors::collect::{SourceReport, StatsSource};
-use kubevirt_metrics_collectors::sources::launcher::{
+use kubevirt_metrics_collectors::core::collect::{SourceReport, StatsSource};
+use kubevirt_metrics_collectors::handler::launcher::{
     LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, Vmi,
 };
 use tokio::time::Instant;
@@ -647,7 +647,7 @@ async fn concurrency_is_bounded() {
 async fn the_vmi_watch_selects_this_nodes_vmis() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-    use kubevirt_metrics_collectors::sources::launcher::{VmiLister, WatchedVmis};
+    use kubevirt_metrics_collectors::handler::launcher::{VmiLister, WatchedVmis};
 
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let recorded = Arc::clone(&seen);
@@ -725,8 +725,8 @@ fn vmi_json(namespace: &str, name: &str, pod_uid: &str) -> serde_json::Value {
 #[tokio::test]
 async fn starting_without_a_node_name_fails_clearly() {
     use clap::Parser;
-    use kubevirt_metrics_collectors::config::HandlerArgs;
-    use kubevirt_metrics_collectors::sources::launcher::LauncherError;
+    use kubevirt_metrics_collectors::handler::launcher::LauncherError;
+    use kubevirt_metrics_flags::HandlerArgs;
 
     let mut args = HandlerArgs::parse_from(["virt-handler-metrics"]);
     args.node_name.clear();

@@ -8,11 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use kubevirt_metrics_collectors::component::{family_names, parse};
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::exposition::{Family, MetricType, Sample};
-use kubevirt_metrics_collectors::model::{CpuStats, Filesystem, NetStats};
-use kubevirt_metrics_collectors::wire::{domain_stats_from_json, filesystems_from_json};
+use kubevirt_metrics_collectors::core::component::{family_names, parse};
+use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::core::metric::{Family, MetricType, Sample};
+use kubevirt_metrics_collectors::handler::launcher::payload::{
+    domain_stats_from_json, filesystems_from_json,
+};
+use kubevirt_metrics_collectors::handler::stats::{CpuStats, Filesystem, NetStats};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 

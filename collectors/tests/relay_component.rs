@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use controller_support::fake_api::FakeApi;
 use controller_support::repo_root;
-use kubevirt_metrics_collectors::collect::Collector;
-use kubevirt_metrics_collectors::component::{self, ComponentClient, ComponentEndpoint};
-use kubevirt_metrics_collectors::config::{CommonArgs, Mode};
-use kubevirt_metrics_collectors::controller::lease::LeaseReader;
-use kubevirt_metrics_collectors::exporters::text;
+use kubevirt_metrics_collectors::core::collect::Collector;
+use kubevirt_metrics_collectors::core::component::{self, ComponentClient, ComponentEndpoint};
+use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_collectors::k8s::lease::LeaseReader;
 use kubevirt_metrics_collectors::relay::{Backport, RelayCollector};
-use kubevirt_metrics_collectors::runtime;
+use kubevirt_metrics_flags::{CommonArgs, Mode};
 use server_support::{FakeComponent, TestCa};
 use tokio::time::Instant;
 

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kubevirt_metrics_collectors::collect::Problem;
-use kubevirt_metrics_collectors::component;
-use kubevirt_metrics_collectors::config::Mode;
-use kubevirt_metrics_collectors::exporters::negotiate::Format;
-use kubevirt_metrics_collectors::exporters::{openmetrics, text};
-use kubevirt_metrics_collectors::runtime;
+use kubevirt_metrics_collectors::core::collect::Problem;
+use kubevirt_metrics_collectors::core::component;
+use kubevirt_metrics_collectors::core::format::negotiate::Format;
+use kubevirt_metrics_collectors::core::format::{openmetrics, text};
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_flags::Mode;
 use server_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;

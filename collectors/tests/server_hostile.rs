@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kubevirt_metrics_collectors::config::Mode;
-use kubevirt_metrics_collectors::exposition::{Family, MetricType, Sample};
-use kubevirt_metrics_collectors::runtime;
+use kubevirt_metrics_collectors::core::metric::{Family, MetricType, Sample};
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_flags::Mode;
 use server_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};

@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kubevirt_metrics_collectors::config::Mode;
-use kubevirt_metrics_collectors::exposition::Family;
-use kubevirt_metrics_collectors::runtime;
+use kubevirt_metrics_collectors::core::metric::Family;
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_flags::Mode;
 use server_support::*;
 
 /// Stops Prometheus when the test ends, however it ends.

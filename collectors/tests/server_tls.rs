@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubevirt_metrics_collectors::config::Mode;
-use kubevirt_metrics_collectors::runtime;
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_flags::Mode;
 use server_support::*;
 
 async fn answers(client: &reqwest::Client, url: &str) -> bool {

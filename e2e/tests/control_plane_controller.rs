@@ -18,13 +18,13 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use kubevirt_metrics_collectors::component;
-use kubevirt_metrics_collectors::config::{CommonArgs, Mode};
+use kubevirt_metrics_collectors::controller::families::{self, ClusterState};
 use kubevirt_metrics_collectors::controller::{ControllerCollector, ControllerOptions};
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::exposition::Family;
-use kubevirt_metrics_collectors::families::controller::{self, ClusterState};
-use kubevirt_metrics_collectors::runtime;
+use kubevirt_metrics_collectors::core::component;
+use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::core::metric::Family;
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_flags::{CommonArgs, Mode};
 use support::*;
 
 const ME: &str = "e2e-virt-controller-a";
@@ -270,7 +270,7 @@ async fn controller_sidecar_against_a_real_api_server() -> anyhow::Result<()> {
 
     let result = async {
         let expected = expected_from_api(&client, &docs).await?;
-        let expected = text::encode(&ours(controller::render(&expected), &namespaces));
+        let expected = text::encode(&ours(families::render(&expected), &namespaces));
         eventually("the sidecar to export our objects", WAIT, || async {
             let served = scrape(&url).await?;
             let leading = served.iter().any(|f| {

@@ -18,8 +18,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use kubevirt_metrics_collectors::families::handler;
-use kubevirt_metrics_collectors::selfmetrics::{BuildInfo, SelfMetrics};
+use kubevirt_metrics_collectors::core::selfmetrics::{BuildInfo, SelfMetrics};
+use kubevirt_metrics_collectors::handler::families;
 use serde_json::Value;
 
 const DASHBOARD: &str = "config/grafana/kubevirt-metrics-sidecars.json";
@@ -44,7 +44,7 @@ fn kubevirt_metric_list() -> BTreeSet<String> {
 
 /// The KubeVirt families our collectors export, as names a query may use.
 fn our_kubevirt_families() -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = handler::FAMILIES
+    let mut names: BTreeSet<String> = families::FAMILIES
         .iter()
         .map(|spec| spec.name.to_owned())
         .collect();

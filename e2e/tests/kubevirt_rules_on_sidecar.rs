@@ -35,12 +35,12 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use kubevirt_metrics_collectors::config::{CommonArgs, Mode};
-use kubevirt_metrics_collectors::runtime::{self, Running};
-use kubevirt_metrics_collectors::sources::launcher::{
+use kubevirt_metrics_collectors::core::runtime::{self, Running};
+use kubevirt_metrics_collectors::handler::VmiCollector;
+use kubevirt_metrics_collectors::handler::launcher::{
     LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, Vmi,
 };
-use kubevirt_metrics_collectors::vmi_collector::VmiCollector;
+use kubevirt_metrics_flags::{CommonArgs, Mode};
 use support::kubevirt_peer::{self, NODE};
 
 const VMIS: usize = 3;

@@ -26,14 +26,14 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use kubevirt_metrics_collectors::component;
-use kubevirt_metrics_collectors::config::{CommonArgs, Mode};
-use kubevirt_metrics_collectors::exposition::Family;
-use kubevirt_metrics_collectors::runtime::{self, Running};
-use kubevirt_metrics_collectors::sources::launcher::{
+use kubevirt_metrics_collectors::core::component;
+use kubevirt_metrics_collectors::core::metric::Family;
+use kubevirt_metrics_collectors::core::runtime::{self, Running};
+use kubevirt_metrics_collectors::handler::VmiCollector;
+use kubevirt_metrics_collectors::handler::launcher::{
     LauncherSettings, LauncherSource, RpcTimeouts, WatchedVmis,
 };
-use kubevirt_metrics_collectors::vmi_collector::VmiCollector;
+use kubevirt_metrics_flags::{CommonArgs, Mode};
 use support::kubevirt_peer::{self, NODE};
 use support::*;
 

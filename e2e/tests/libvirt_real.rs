@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e::{Paused, Peers, parse_series};
-use kubevirt_metrics_collectors::collect::{SourceReport, StatsSource};
-use kubevirt_metrics_collectors::exporters::text;
-use kubevirt_metrics_collectors::families::handler;
-use kubevirt_metrics_collectors::model::VmiStats;
-use kubevirt_metrics_collectors::sources::libvirt::LibvirtSource;
+use kubevirt_metrics_collectors::core::collect::{SourceReport, StatsSource};
+use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::handler::families;
+use kubevirt_metrics_collectors::handler::libvirt::LibvirtSource;
+use kubevirt_metrics_collectors::handler::stats::VmiStats;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
@@ -51,7 +51,7 @@ fn guest<'a>(peers: &Peers, report: &'a SourceReport) -> &'a VmiStats {
 
 /// The guest's exposition, as virt-handler-metrics would serve it.
 fn guest_exposition(peers: &Peers, report: &SourceReport) -> String {
-    text::encode(&handler::render(
+    text::encode(&families::render(
         std::slice::from_ref(guest(peers, report)),
         &[],
     ))
@@ -136,7 +136,7 @@ async fn every_family_the_guest_can_report_appears_with_kubevirt_labels() {
     let peers = guest_peers();
     let report = collect(&source(&peers.qemu_uri, Duration::from_secs(10))).await;
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    let families = handler::render(std::slice::from_ref(guest(&peers, &report)), &[]);
+    let families = families::render(std::slice::from_ref(guest(&peers, &report)), &[]);
     let names: BTreeSet<&str> = families.iter().map(|f| f.name.as_ref()).collect();
     let missing: Vec<&&str> = GUEST_FAMILIES
         .iter()
@@ -146,7 +146,7 @@ async fn every_family_the_guest_can_report_appears_with_kubevirt_labels() {
     // Nothing else than what the guest can report, and together they are all families.
     let expected: BTreeSet<&str> = GUEST_FAMILIES.iter().copied().collect();
     assert_eq!(names, expected);
-    let all: BTreeSet<&str> = handler::family_names().collect();
+    let all: BTreeSet<&str> = families::family_names().collect();
     let rest: BTreeSet<&str> = all.difference(&expected).copied().collect();
     assert_eq!(rest, NOT_FROM_THIS_GUEST.iter().copied().collect());
 
@@ -271,7 +271,7 @@ async fn promtool_accepts_the_exposition() {
     let _serial = serial().await;
     let peers = guest_peers();
     let report = collect(&source(&peers.qemu_uri, Duration::from_secs(10))).await;
-    let text = text::encode(&handler::render(&report.vmis, &[]));
+    let text = text::encode(&families::render(&report.vmis, &[]));
     let result = peers.promtool_check_metrics(&text).expect("promtool");
     assert_eq!(
         (result.code, result.findings()),
@@ -301,7 +301,7 @@ async fn in_process_test_driver_connection_works() {
     assert!(vmi.domain.uuid.is_some());
     // The test driver's bulk stats carry only state.*: nothing to export, and no error.
     assert!(vmi.domain.cpu.is_none() && vmi.domain.memory.is_none());
-    assert!(handler::render(&report.vmis, &[]).is_empty());
+    assert!(families::render(&report.vmis, &[]).is_empty());
 }
 
 #[tokio::test]
@@ -435,11 +435,11 @@ mod scrape {
     use std::time::Duration;
 
     use e2e::Peers;
-    use kubevirt_metrics_collectors::collect::Collector;
-    use kubevirt_metrics_collectors::config::{CommonArgs, Mode};
-    use kubevirt_metrics_collectors::runtime::{self, Running};
-    use kubevirt_metrics_collectors::sources::libvirt::LibvirtSource;
-    use kubevirt_metrics_collectors::vmi_collector::VmiCollector;
+    use kubevirt_metrics_collectors::core::collect::Collector;
+    use kubevirt_metrics_collectors::core::runtime::{self, Running};
+    use kubevirt_metrics_collectors::handler::VmiCollector;
+    use kubevirt_metrics_collectors::handler::libvirt::LibvirtSource;
+    use kubevirt_metrics_flags::{CommonArgs, Mode};
     use serde_json::Value;
 
     use super::{NODE, guest_peers, serial};

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kubevirt_metrics_collectors::selfmetrics::{BuildInfo, SelfMetrics};
+use kubevirt_metrics_collectors::core::selfmetrics::{BuildInfo, SelfMetrics};
 use serde_yaml::Value;
 
 const RULES: &str = "config/prometheus/rules/kubevirt-metrics-sidecars.rules.yml";

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Parser;
-use kubevirt_metrics_collectors::config::{ApiArgs, ControllerArgs, HandlerArgs, OperatorArgs};
+use kubevirt_metrics_flags::{ApiArgs, ControllerArgs, HandlerArgs, OperatorArgs};
 use kubevirt_metrics_operator::api::{Component, KubeVirt};
 use kubevirt_metrics_operator::plan::{
     self, PlanDefaults, entry_owner, kubevirt_change, kubevirt_cleanup,

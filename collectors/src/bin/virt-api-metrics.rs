@@ -4,18 +4,18 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use kubevirt_metrics_collectors::collect::Collector;
-use kubevirt_metrics_collectors::component::{ComponentClient, ComponentEndpoint};
-use kubevirt_metrics_collectors::config::{ApiArgs, ApiBackport};
+use kubevirt_metrics_collectors::core::collect::Collector;
+use kubevirt_metrics_collectors::core::component::{ComponentClient, ComponentEndpoint};
+use kubevirt_metrics_collectors::core::runtime;
 use kubevirt_metrics_collectors::relay::{Backport, RelayCollector};
-use kubevirt_metrics_collectors::runtime;
+use kubevirt_metrics_flags::{ApiArgs, ApiBackport};
 
 const NAME: &str = "virt-api-metrics";
 
 #[tokio::main]
 async fn main() {
     let args = ApiArgs::parse();
-    runtime::init_tracing(args.common.log_format);
+    kubevirt_metrics_flags::telemetry::init(args.common.log_format, "info");
     let component = match ComponentClient::new(&ComponentEndpoint::from_args(&args.common)) {
         Ok(component) => component,
         Err(error) => {

@@ -5,17 +5,17 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use kubevirt_metrics_collectors::collect::Collector;
-use kubevirt_metrics_collectors::config::ControllerArgs;
 use kubevirt_metrics_collectors::controller::{ControllerCollector, ControllerOptions};
-use kubevirt_metrics_collectors::runtime;
+use kubevirt_metrics_collectors::core::collect::Collector;
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_flags::ControllerArgs;
 
 const NAME: &str = "virt-controller-metrics";
 
 #[tokio::main]
 async fn main() {
     let args = ControllerArgs::parse();
-    runtime::init_tracing(args.common.log_format);
+    kubevirt_metrics_flags::telemetry::init(args.common.log_format, "info");
     // KUBECONFIG, else the in-cluster service account.
     let client = match kube::Client::try_default().await {
         Ok(client) => client,

@@ -5,19 +5,19 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use kubevirt_metrics_collectors::collect::{Collector, StatsSource};
-use kubevirt_metrics_collectors::config::{HandlerArgs, Source};
-use kubevirt_metrics_collectors::runtime;
-use kubevirt_metrics_collectors::sources::launcher::LauncherSource;
-use kubevirt_metrics_collectors::sources::libvirt::LibvirtSource;
-use kubevirt_metrics_collectors::vmi_collector::VmiCollector;
+use kubevirt_metrics_collectors::core::collect::{Collector, StatsSource};
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_collectors::handler::VmiCollector;
+use kubevirt_metrics_collectors::handler::launcher::LauncherSource;
+use kubevirt_metrics_collectors::handler::libvirt::LibvirtSource;
+use kubevirt_metrics_flags::{HandlerArgs, Source};
 
 const NAME: &str = "virt-handler-metrics";
 
 #[tokio::main]
 async fn main() {
     let args = HandlerArgs::parse();
-    runtime::init_tracing(args.common.log_format);
+    kubevirt_metrics_flags::telemetry::init(args.common.log_format, "info");
     let source: Arc<dyn StatsSource> = match args.source {
         Source::Libvirt => Arc::new(LibvirtSource::from_args(&args)),
         Source::Launcher => match LauncherSource::start(&args).await {

@@ -1,7 +1,7 @@
 //! virt-controller-metrics: cluster metrics derived from watched KubeVirt objects.
 //!
 //! [`ControllerCollector`] watches what virt-controller computes its cluster metrics from
-//! ([`watch`]) and renders them with [`crate::families::controller::render`] once per
+//! ([`watch`]) and renders them with [`crate::controller::families::render`] once per
 //! collection, but only on the pod whose virt-controller leads ([`lease`]).
 //!
 //! # The leader rule, and a leader change
@@ -24,7 +24,7 @@
 //! read, the last decision is kept and the error is reported; before the first successful
 //! read the sidecar does not export. `--ignore-leadership` exports regardless (one replica).
 
-pub mod lease;
+pub mod families;
 pub mod watch;
 
 use std::sync::Arc;
@@ -34,10 +34,10 @@ use kube::Client;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::collect::{Collection, Collector, Problem};
-use crate::config::{ControllerArgs, ControllerBackport};
-use crate::families::controller::{self as families, ObjectKind};
-use lease::LeaseReader;
+use crate::core::collect::{Collection, Collector, Problem};
+use crate::k8s::lease::LeaseReader;
+use families::ObjectKind;
+use kubevirt_metrics_flags::{ControllerArgs, ControllerBackport};
 use watch::WatchSet;
 
 /// What a [`ControllerCollector`] needs besides a Kubernetes client.
@@ -55,7 +55,7 @@ impl ControllerOptions {
     pub fn from_args(args: &ControllerArgs) -> Self {
         Self {
             namespace: args.namespace.clone(),
-            identity: lease::identity(&args.pod_name),
+            identity: crate::k8s::lease::identity(&args.pod_name),
             leader_lease: args.leader_lease.clone(),
             ignore_leadership: args.ignore_leadership,
             leading_status_backport: args.backports.contains(&ControllerBackport::LeadingStatus),

@@ -18,10 +18,10 @@ use kube::{Api, Client};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::status_kind;
-use crate::collect::Problem;
-use crate::families::controller::objects::{VM_LABELS_CONFIG_MAP, object_key};
-use crate::families::controller::{ClusterState, ObjectKind, StateError};
+use crate::controller::families::objects::{VM_LABELS_CONFIG_MAP, object_key};
+use crate::controller::families::{ClusterState, ObjectKind, StateError};
+use crate::core::collect::Problem;
+use crate::k8s::status_kind;
 
 /// Where a kind is listed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

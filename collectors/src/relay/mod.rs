@@ -9,7 +9,7 @@
 //!
 //! In complement mode the runtime withholds every family the component serves, so a relay
 //! then serves only what the component lacks: its backports. The relay hands the names it
-//! read to the runtime ([`crate::collect::ComponentRead`]), so the component's page is read
+//! read to the runtime ([`crate::core::collect::ComponentRead`]), so the component's page is read
 //! once per pass, not twice. In full mode it serves the
 //! component's families plus the backports.
 //!
@@ -31,10 +31,10 @@ use std::collections::BTreeSet;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::collect::{Collection, Collector, ComponentRead, Problem};
-use crate::component::ComponentClient;
-use crate::controller::lease::LeaseReader;
-use crate::exposition::{Family, MetricType, Sample};
+use crate::core::collect::{Collection, Collector, ComponentRead, Problem};
+use crate::core::component::ComponentClient;
+use crate::core::metric::{Family, MetricType, Sample};
+use crate::k8s::lease::LeaseReader;
 
 pub const VIRT_OPERATOR_LEADING_STATUS: &str = "kubevirt_virt_operator_leading_status";
 const VIRT_OPERATOR_LEADING_STATUS_HELP: &str = "Indication for an operating virt-operator.";

@@ -1,12 +1,11 @@
 //! Shared by the controller tests: fixtures and golden files.
 #![allow(dead_code)]
 
-#[cfg(feature = "runtime")]
 pub mod fake_api;
 
 use std::path::{Path, PathBuf};
 
-use kubevirt_metrics_collectors::families::controller::ClusterState;
+use kubevirt_metrics_collectors::controller::families::ClusterState;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

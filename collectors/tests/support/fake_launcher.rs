@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut};
-use kubevirt_metrics_collectors::sources::launcher::socket;
+use kubevirt_metrics_collectors::handler::launcher::socket;
 use launcher_fixture::{Method, Protocol, Value, encode};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};

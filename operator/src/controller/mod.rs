@@ -64,12 +64,8 @@ pub enum Error {
     Signal(#[source] std::io::Error),
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+/// Log output format, as the sidecars take it.
+pub use kubevirt_metrics_flags::LogFormat;
 
 /// Flags of `kubevirt-metrics-operator run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -139,16 +135,7 @@ impl Default for RunConfig {
 
 /// Structured logs on stderr (`RUST_LOG` filters; default `info`). A second call is a no-op.
 pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    kubevirt_metrics_flags::telemetry::init(format, "info,kube=warn");
 }
 
 /// `kubevirt-metrics-operator run`: the client from `KUBECONFIG` or the in-cluster config,

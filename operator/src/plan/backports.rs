@@ -258,7 +258,10 @@ pub fn decide(inputs: &BackportInputs<'_>) -> Result<Backports, BackportError> {
     let data = data()?;
     let at = release_index(inputs.data_release)?;
     let handler_families: BTreeSet<&str> = if inputs.handler_sidecar {
-        kubevirt_metrics_collectors::families::handler::family_names().collect()
+        kubevirt_metrics_flags::catalog::HANDLER_FAMILIES
+            .iter()
+            .copied()
+            .collect()
     } else {
         BTreeSet::new()
     };

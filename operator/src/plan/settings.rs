@@ -31,7 +31,7 @@ impl Default for PlanDefaults {
         let quantity = |q: &str| Quantity(q.to_owned());
         Self {
             container_name: "metrics-sidecar".to_owned(),
-            port: i32::from(kubevirt_metrics_collectors::config::DEFAULT_PORT),
+            port: i32::from(kubevirt_metrics_flags::DEFAULT_PORT),
             port_name: "sidecar-metrics".to_owned(),
             interval: Duration::from_secs(30),
             pull_policy: PullPolicy::IfNotPresent,

@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kubevirt_metrics_collectors::config::{
+use kubevirt_metrics_flags::{
     ApiArgs, CommonArgs, ControllerArgs, DEFAULT_NAMESPACE, DEFAULT_PORT, HandlerArgs, Mode,
     OperatorArgs, Source as CollectorSource, VIRT_CONTROLLER_LEASE, VIRT_OPERATOR_LEASE,
 };

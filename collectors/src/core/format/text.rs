@@ -1,0 +1,287 @@
+//! Prometheus text format 0.0.4, byte-compatible with client_golang's `expfmt`.
+//!
+//! Byte compatibility matters: users diff our output against the component's, and golden
+//! tests pin it. The two details that differ from a naive encoder are the order
+//! ([`client_golang_order`]) and Go's shortest `%g` float formatting ([`format_float`]).
+
+use std::fmt::Write;
+
+use crate::core::metric::{Family, client_golang_order};
+
+/// The `Content-Type` of this format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub fn encode(families: &[Family]) -> String {
+    let mut out = String::with_capacity(estimate_len(families));
+    for (family, samples) in client_golang_order(families) {
+        write_metadata(
+            &mut out,
+            &family.name,
+            &family.help,
+            family.kind.as_str(),
+            escape_help,
+        );
+        for sample in samples {
+            out.push_str(&family.name);
+            out.push_str(sample.suffix);
+            write_labels(&mut out, &sample.labels, |out, _, value| {
+                escape_label_value(out, value)
+            });
+            out.push(' ');
+            push_float(&mut out, sample.value);
+            if let Some(ts) = sample.timestamp_ms {
+                // Writing into a String cannot fail.
+                let _ = write!(out, " {ts}");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn estimate_len(families: &[Family]) -> usize {
+    families
+        .iter()
+        .map(|f| 64 + f.help.len() + f.samples.len() * (f.name.len() + 96))
+        .sum()
+}
+
+/// The `# HELP` and `# TYPE` lines of a family; `escape` is the format's HELP escaping.
+pub(crate) fn write_metadata(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    type_word: &str,
+    escape: fn(&mut String, &str),
+) {
+    // client_golang writes no HELP line for a family without help (relayed families
+    // parsed from an exposition that had none).
+    if !help.is_empty() {
+        out.push_str("# HELP ");
+        out.push_str(name);
+        out.push(' ');
+        escape(out, help);
+        out.push('\n');
+    }
+    out.push_str("# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(type_word);
+    out.push('\n');
+}
+
+/// `{name="value",...}` (nothing for no labels); `write_value(out, name, value)` writes
+/// each value, escaped, between the quotes.
+pub(crate) fn write_labels(
+    out: &mut String,
+    labels: &[(crate::core::metric::LabelName, String)],
+    write_value: impl Fn(&mut String, &str, &str),
+) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push('{');
+    for (i, (name, value)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        write_value(out, name, value);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// HELP text escapes backslash and newline.
+pub fn escape_help(out: &mut String, help: &str) {
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+pub fn escape_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A sample value as client_golang writes it: `NaN`, `+Inf`, `-Inf`, else Go's
+/// `strconv.FormatFloat(v, 'g', -1, 64)`.
+pub fn format_float(v: f64) -> String {
+    let mut s = String::new();
+    push_float(&mut s, v);
+    s
+}
+
+/// Appends a sample value as [`format_float`] writes it, without allocating.
+pub fn push_float(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v == 0.0 {
+        // client_golang's writeFloat special-cases zero, so negative zero is "0" too.
+        out.push('0');
+    } else {
+        push_go_g(out, v);
+    }
+}
+
+/// Go's shortest `%g`: the shortest digits that round-trip (Rust's `{:e}` gives the same
+/// digits), in exponent form when the decimal exponent is < -4 or >= 6 (Go uses precision 6
+/// for this decision in shortest mode), with a sign and at least two exponent digits.
+fn push_go_g(out: &mut String, v: f64) {
+    let sci = format!("{:e}", v.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if v < 0.0 {
+        out.push('-');
+    }
+    if !(-4..6).contains(&exp) {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push(if exp < 0 { '-' } else { '+' });
+        let _ = write!(out, "{:02}", exp.unsigned_abs());
+        return;
+    }
+    let point = exp + 1;
+    if point <= 0 {
+        out.push_str("0.");
+        for _ in 0..-point {
+            out.push('0');
+        }
+        out.push_str(&digits);
+    } else {
+        let point = point as usize;
+        if point >= digits.len() {
+            out.push_str(&digits);
+            for _ in digits.len()..point {
+                out.push('0');
+            }
+        } else {
+            out.push_str(&digits[..point]);
+            out.push('.');
+            out.push_str(&digits[point..]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::metric::{MetricType, Sample};
+
+    #[test]
+    fn floats_match_go_strconv_g() {
+        // Expected strings are what Go's strconv.FormatFloat(v, 'g', -1, 64) prints.
+        let cases: &[(f64, &str)] = &[
+            (0.0, "0"),
+            (-0.0, "0"),
+            (1.0, "1"),
+            (-1.0, "-1"),
+            (0.5, "0.5"),
+            (123456.0, "123456"),
+            (1234567.0, "1.234567e+06"),
+            (1e6, "1e+06"),
+            (1e8, "1e+08"),
+            (67108864.0, "6.7108864e+07"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (3.25, "3.25"),
+            (12.375, "12.375"),
+            (1e21, "1e+21"),
+            (1.2345e100, "1.2345e+100"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (999999.0, "999999"),
+            (1_000_000_000.123, "1.000000000123e+09"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(format_float(*v), *want, "formatting {v:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_like_client_golang() {
+        let mut gauge = Family::new("b_metric", "Help with \\ and\nnewline.", MetricType::Gauge);
+        gauge.samples.push(Sample::new(
+            vec![
+                ("name".into(), "z".into()),
+                ("namespace".into(), "ns".into()),
+            ],
+            2.0,
+        ));
+        gauge.samples.push(Sample::new(
+            vec![
+                ("name".into(), "a\"q\\".into()),
+                ("namespace".into(), "ns".into()),
+            ],
+            1e7,
+        ));
+        let mut counter = Family::new("a_total", "A counter.", MetricType::Counter);
+        counter
+            .samples
+            .push(Sample::new(vec![], 3.0).with_timestamp(1_700_000_000_123));
+        let empty = Family::new("c_empty", "Never written.", MetricType::Gauge);
+
+        let text = encode(&[gauge, counter, empty]);
+        assert_eq!(
+            text,
+            "# HELP a_total A counter.\n\
+             # TYPE a_total counter\n\
+             a_total 3 1700000000123\n\
+             # HELP b_metric Help with \\\\ and\\nnewline.\n\
+             # TYPE b_metric gauge\n\
+             b_metric{name=\"a\\\"q\\\\\",namespace=\"ns\"} 1e+07\n\
+             b_metric{name=\"z\",namespace=\"ns\"} 2\n"
+        );
+    }
+
+    #[test]
+    fn histogram_series_stay_together() {
+        let mut h = Family::new("h_seconds", "H.", MetricType::Histogram);
+        for (series, le, v) in [
+            ("b", "1", 1.0),
+            ("a", "1", 2.0),
+            ("b", "+Inf", 3.0),
+            ("a", "+Inf", 4.0),
+        ] {
+            let mut s = Sample::new(
+                vec![("x".into(), series.into()), ("le".into(), le.into())],
+                v,
+            );
+            s.suffix = "_bucket";
+            h.samples.push(s);
+        }
+        let text = encode(&[h]);
+        let lines: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(
+            lines,
+            [
+                "h_seconds_bucket{x=\"a\",le=\"1\"} 2",
+                "h_seconds_bucket{x=\"a\",le=\"+Inf\"} 4",
+                "h_seconds_bucket{x=\"b\",le=\"1\"} 1",
+                "h_seconds_bucket{x=\"b\",le=\"+Inf\"} 3",
+            ]
+        );
+    }
+}

@@ -1,0 +1,480 @@
+//! HTTP(S) endpoint: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Scrapes never collect: they serve the last published [`Snapshot`], encoded once per
+//! format (and gzipped once, for clients that accept it) the first time it is asked for, so
+//! a scrape every second costs a copy of a reference-counted buffer.
+//!
+//! HTTP/1.1 only (KubeVirt disables HTTP/2 on its endpoints too, CVE-2023-44487), bounded
+//! connections, timeouts on idle connections, request heads, response writes and TLS
+//! handshakes, a request-head size limit ([`limits`]); a bad request or handshake ends that
+//! connection and nothing else, and is counted.
+
+pub mod limits;
+pub mod tls;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OnceCell, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::core::format::negotiate::{Format, negotiate};
+use crate::core::format::{openmetrics, text};
+use crate::core::metric::Family;
+use crate::core::selfmetrics::SelfMetrics;
+pub use limits::ServerLimits;
+use limits::{Connections, GuardedIo, Refusal, RefusalCounter, Slot};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for responses in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("encoding task failed: {0}")]
+    Encode(String),
+}
+
+/// The serving certificate and key (PEM files), reloaded when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One published set of families, with its encodings cached.
+#[derive(Debug)]
+pub struct Snapshot {
+    families: Vec<Family>,
+    text: OnceCell<Encoded>,
+    openmetrics: OnceCell<Encoded>,
+}
+
+#[derive(Debug)]
+struct Encoded {
+    plain: Bytes,
+    gzip: OnceCell<Bytes>,
+}
+
+impl Snapshot {
+    pub fn new(families: Vec<Family>) -> Self {
+        Self {
+            families,
+            text: OnceCell::new(),
+            openmetrics: OnceCell::new(),
+        }
+    }
+
+    pub fn families(&self) -> &[Family] {
+        &self.families
+    }
+
+    /// The body in `format`, gzipped if `gzip`; encoded on a blocking thread the first time
+    /// and cached for every later scrape of this snapshot.
+    pub async fn body(self: &Arc<Self>, format: Format, gzip: bool) -> Result<Bytes, ServerError> {
+        let cell = if format.is_openmetrics() {
+            &self.openmetrics
+        } else {
+            &self.text
+        };
+        let encoded = cell
+            .get_or_try_init(|| {
+                let snapshot = Arc::clone(self);
+                blocking(move || {
+                    let body = if format.is_openmetrics() {
+                        openmetrics::encode(&snapshot.families)
+                    } else {
+                        text::encode(&snapshot.families)
+                    };
+                    Encoded {
+                        plain: Bytes::from(body),
+                        gzip: OnceCell::new(),
+                    }
+                })
+            })
+            .await?;
+        if !gzip {
+            return Ok(encoded.plain.clone());
+        }
+        let plain = encoded.plain.clone();
+        encoded
+            .gzip
+            .get_or_try_init(|| blocking(move || gzip_bytes(&plain)))
+            .await
+            .cloned()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ServerError::Encode(e.to_string()))
+}
+
+fn gzip_bytes(plain: &[u8]) -> Bytes {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(plain.len() / 8),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(plain);
+    Bytes::from(encoder.finish().unwrap_or_default())
+}
+
+/// What the server serves: the current snapshot and whether the first collection is done.
+/// Cloned into the collection loop (which publishes) and the server (which reads).
+#[derive(Debug, Clone)]
+pub struct Published {
+    current: Arc<watch::Sender<Arc<Snapshot>>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Published {
+    pub fn new() -> Self {
+        Self {
+            current: Arc::new(watch::Sender::new(Arc::new(Snapshot::new(Vec::new())))),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Replaces what `/metrics` serves.
+    pub fn publish(&self, families: Vec<Family>) {
+        self.current.send_replace(Arc::new(Snapshot::new(families)));
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.borrow().clone()
+    }
+
+    /// `/readyz` answers 200 from now on.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// A bound listener, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    local_addr: SocketAddr,
+    limits: ServerLimits,
+}
+
+impl Server {
+    /// Binds `addr` and, with `tls`, loads the certificate (a bad one is an error here; later
+    /// bad replacements are not).
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Option<&TlsFiles>,
+        limits: ServerLimits,
+    ) -> Result<Self, ServerError> {
+        let tls = match tls {
+            Some(files) => Some(TlsAcceptor::from(tls::server_config(
+                &files.cert,
+                &files.key,
+            )?)),
+            None => None,
+        };
+        let bind_error = |source| ServerError::Bind { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        Ok(Self {
+            listener,
+            tls,
+            local_addr,
+            limits,
+        })
+    }
+
+    /// The bound address (the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets responses in flight finish (up to a
+    /// few seconds). Refusals are counted in `metrics`, when given.
+    pub async fn serve(
+        self,
+        published: Published,
+        metrics: Option<SelfMetrics>,
+        shutdown: CancellationToken,
+    ) {
+        let app = router(published);
+        let counter = RefusalCounter::new(metrics);
+        let connections = Connections::new(self.limits.max_connections, counter.clone());
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = connections.admit() else {
+                tracing::debug!(%peer, "every connection is busy; closing the new one");
+                continue;
+            };
+            let connection = Connection {
+                slot,
+                peer,
+                limits: self.limits,
+                counter: counter.clone(),
+            };
+            let (app, tls, shutdown) = (app.clone(), self.tls.clone(), shutdown.clone());
+            tokio::spawn(connection.handle(stream, tls, app, shutdown));
+        }
+        drop(self.listener);
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, connections.drained()).await;
+        if drained.is_err() {
+            tracing::warn!("connections still open after the drain timeout; closing them");
+        }
+    }
+}
+
+/// One accepted connection and what it may hold.
+struct Connection {
+    slot: Slot,
+    peer: SocketAddr,
+    limits: ServerLimits,
+    counter: RefusalCounter,
+}
+
+impl Connection {
+    async fn handle(
+        self,
+        stream: TcpStream,
+        tls: Option<TlsAcceptor>,
+        app: Router,
+        shutdown: CancellationToken,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&self.slot.state);
+        let served = async {
+            match tls {
+                None => self.serve_http(stream, app, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => self.serve_http(stream, app, shutdown).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
+                            self.counter.count(Refusal::TlsHandshake);
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                            self.counter.count(Refusal::TlsHandshake);
+                        }
+                    }
+                }
+            }
+        };
+        // Eviction drops the connection at once: it is idle, nothing is lost.
+        tokio::select! {
+            () = served => {}
+            () = state.evicted() => {}
+        }
+    }
+
+    async fn serve_http<S>(&self, stream: S, app: Router, shutdown: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let state = Arc::clone(&self.slot.state);
+        let io = GuardedIo::new(stream, Arc::clone(&state), &self.limits);
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let in_flight = state.begin_request();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await?;
+                // The request stays in flight until its body is written (or abandoned).
+                Ok::<_, std::convert::Infallible>(response.map(|body| {
+                    axum::body::Body::new(TrackedBody {
+                        body,
+                        _in_flight: in_flight,
+                    })
+                }))
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.idle_timeout)
+            .max_header_size(self.limits.max_header_bytes);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            let refusal = self
+                .slot
+                .state
+                .cut_reason()
+                .or_else(|| Refusal::of_hyper_error(&error));
+            if let Some(refusal) = refusal {
+                self.counter.count(refusal);
+            }
+            tracing::debug!(peer = %self.peer, %error, "connection ended with an error");
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped (fully
+/// written, or abandoned with the connection).
+struct TrackedBody {
+    body: axum::body::Body,
+    _in_flight: limits::InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn router(published: Published) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(published)
+}
+
+async fn metrics(State(published): State<Published>, headers: HeaderMap) -> Response {
+    let format = negotiate(headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
+    let gzip = accepts_gzip(headers.get(ACCEPT_ENCODING));
+    let snapshot = published.snapshot();
+    match snapshot.body(format, gzip).await {
+        Ok(body) => {
+            let mut response = body.into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            );
+            headers.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+            if gzip {
+                headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "encoding the snapshot failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response()
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(published): State<Published>) -> Response {
+    if published.is_ready() {
+        "ok\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "first collection not finished\n",
+        )
+            .into_response()
+    }
+}
+
+/// Whether `Accept-Encoding` lists `gzip` (or `*`) with a non-zero q.
+fn accepts_gzip(header: Option<&HeaderValue>) -> bool {
+    let Some(value) = header.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    value.split(',').any(|coding| {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let q_zero = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f64>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        (name.eq_ignore_ascii_case("gzip") || name == "*") && !q_zero
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        let header = |s: &'static str| Some(HeaderValue::from_static(s));
+        assert!(accepts_gzip(header("gzip").as_ref()));
+        assert!(accepts_gzip(header("deflate, GZIP;q=0.5").as_ref()));
+        assert!(accepts_gzip(header("*").as_ref()));
+        assert!(!accepts_gzip(header("gzip;q=0").as_ref()));
+        assert!(!accepts_gzip(header("identity").as_ref()));
+        assert!(!accepts_gzip(None));
+    }
+}

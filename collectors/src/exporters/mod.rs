@@ -1,6 +1,0 @@
-//! Wire formats for [`crate::exposition::Family`]: Prometheus text 0.0.4 and OpenMetrics.
-//! Pure code.
-
-pub mod negotiate;
-pub mod openmetrics;
-pub mod text;

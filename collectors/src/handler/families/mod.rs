@@ -1,0 +1,756 @@
+//! virt-handler's per-VMI runtime families, as KubeVirt exports them.
+//!
+//! Mirrors `pkg/monitoring/metrics/virt-handler/domainstats/*_metrics.go` (memory, cpu with
+//! guest load, vcpu, block, network, node CPU affinity, filesystem), `dirty_rate_*.go` and
+//! `migrationdomainstats/migrationstats_collector.go` of KubeVirt v1.9: names, types and
+//! HELP text are the ones in `testdata/kubevirt-metrics.tsv` (a test holds them together).
+//!
+//! Rules copied from KubeVirt's code, including its quirks:
+//! - Per-VMI series carry `node`, `namespace`, `name` and one `kubernetes_vmi_label_<key>`
+//!   per VMI label ([`super::vmi_label_name`]). Migration series carry only `namespace`,
+//!   `name`, `node`. Labels are sorted by name (client_golang's order).
+//! - All of these are operatormetrics const labels, so a label whose value is empty is left
+//!   out (an empty `node`, a VMI label with an empty value, an empty interface alias...).
+//! - A value is emitted only when the source reported it (`Some`). Units: KiB × 1024 → bytes,
+//!   ns / 1e9 → seconds, dirty rate MiB/s × 1024 × 1024 → bytes/s; page faults, I/O and
+//!   network counters, filesystem sizes, guest load and migration job values as they are
+//!   (virt-launcher already multiplies `MemDirtyRate` by the page size, so the migration
+//!   dirty-memory rate is bytes/s on the wire; a libvirt source must do that multiplication
+//!   itself).
+//! - vCPU: `id` is the position in the vCPU list; `state` is lower case and, when the state
+//!   was not reported, `offline` (Go's zero value); only vCPUs with a time get the
+//!   `vcpu_seconds_total` series.
+//! - Block devices without a name are skipped; `drive` is the alias unless it is empty, else
+//!   the target name. NICs without a name are skipped; `interface` is the alias whenever one
+//!   was reported (even empty), else the name. Rx/tx bytes also feed the deprecated
+//!   `kubevirt_vmi_network_traffic_bytes_total{type="rx"|"tx"}`.
+//! - `kubevirt_vmi_node_cpu_affinity` is the number of `true` entries of the vCPU pin map.
+//! - Filesystems are deduplicated on `diskName + mountPoint + fileSystemType` (concatenated,
+//!   as KubeVirt does).
+//! - `kubevirt_vmi_dirty_rate_bytes_per_second` comes from
+//!   [`VmiStats::dirty_rate_mbs`] (virt-handler's separate `GetDomainDirtyRateStats` call,
+//!   which it makes only for running VMIs that are not migrating); the `DirtyRate` group
+//!   inside `GetDomainStats` is not exported by KubeVirt and is not here either.
+//! - Families without samples are not written (client_golang drops them).
+//!
+//! Where we differ on purpose: KubeVirt fails the whole `/metrics` response when two series
+//! collide (e.g. two NICs whose alias is empty); we keep the first. A VMI label key that does
+//! not sanitise to a valid label name (impossible for keys the API server accepted) makes
+//! KubeVirt drop every series of that VMI; we drop only that label. When two label keys
+//! sanitise to the same name KubeVirt picks one at random (Go map order); we keep the value
+//! of the key that sorts last.
+//!
+//! Intentionally absent ([`ABSENT_FAMILIES`]): what only virt-handler's own process knows —
+//! its workqueues, REST client, readiness, VMI sync counter, build info, the node's
+//! deprecated machine types, guest panic events (pushed to virt-handler by the launcher's
+//! domain notifications) and GPU info (kubelet PodResources).
+
+mod migration;
+
+use std::collections::BTreeMap;
+
+pub use migration::{MigrationHistory, MigrationSample, RING_CAPACITY};
+
+use crate::core::labels::{finish_labels, is_valid_label_name, label, vmi_label_name};
+use crate::core::metric::{Family, LabelName, Labels, MetricType, Sample};
+use crate::handler::stats::{
+    BlockStats, DomainStats, Filesystem, MemoryStats, MigrationJobInfo, NetStats, VcpuState,
+    VmiIdentity, VmiStats,
+};
+
+/// A family this module produces: everything but its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilySpec {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+    /// Whether series carry `node` and the `kubernetes_vmi_label_*` labels (all but migration).
+    pub vmi_labels: bool,
+    /// Labels beyond the VMI identity, in KubeVirt's documentation order.
+    pub extra_labels: &'static [&'static str],
+}
+
+const fn vmi(
+    name: &'static str,
+    kind: MetricType,
+    extra_labels: &'static [&'static str],
+    help: &'static str,
+) -> FamilySpec {
+    FamilySpec {
+        name,
+        help,
+        kind,
+        vmi_labels: true,
+        extra_labels,
+    }
+}
+
+const fn migration(name: &'static str, kind: MetricType, help: &'static str) -> FamilySpec {
+    FamilySpec {
+        name,
+        help,
+        kind,
+        vmi_labels: false,
+        extra_labels: &[],
+    }
+}
+
+use MetricType::{Counter, Gauge};
+
+const DRIVE: &[&str] = &["drive"];
+const INTERFACE: &[&str] = &["interface"];
+const FS: &[&str] = &["disk_name", "mount_point", "file_system_type"];
+
+pub const MEMORY_RESIDENT: FamilySpec = vmi(
+    "kubevirt_vmi_memory_resident_bytes",
+    Gauge,
+    &[],
+    "Resident set size of the process running the domain.",
+);
+pub const MEMORY_AVAILABLE: FamilySpec = vmi(
+    "kubevirt_vmi_memory_available_bytes",
+    Gauge,
+    &[],
+    "Amount of usable memory as seen by the domain. This value may not be accurate if a balloon driver is in use or if the guest OS does not initialize all assigned pages",
+);
+pub const MEMORY_UNUSED: FamilySpec = vmi(
+    "kubevirt_vmi_memory_unused_bytes",
+    Gauge,
+    &[],
+    "The amount of memory left completely unused by the system. Memory that is available but used for reclaimable caches should NOT be reported as free.",
+);
+pub const MEMORY_CACHED: FamilySpec = vmi(
+    "kubevirt_vmi_memory_cached_bytes",
+    Gauge,
+    &[],
+    "The amount of memory that is being used to cache I/O and is available to be reclaimed, corresponds to the sum of `Buffers` + `Cached` + `SwapCached` in `/proc/meminfo`.",
+);
+pub const MEMORY_SWAP_IN: FamilySpec = vmi(
+    "kubevirt_vmi_memory_swap_in_traffic_bytes",
+    Gauge,
+    &[],
+    "The total amount of data read from swap space of the guest in bytes.",
+);
+pub const MEMORY_SWAP_OUT: FamilySpec = vmi(
+    "kubevirt_vmi_memory_swap_out_traffic_bytes",
+    Gauge,
+    &[],
+    "The total amount of memory written out to swap space of the guest in bytes.",
+);
+pub const MEMORY_PGMAJFAULT: FamilySpec = vmi(
+    "kubevirt_vmi_memory_pgmajfault_total",
+    Counter,
+    &[],
+    "The number of page faults when disk IO was required. Page faults occur when a process makes a valid access to virtual memory that is not available. When servicing the page fault, if disk IO is required, it is considered as major fault.",
+);
+pub const MEMORY_PGMINFAULT: FamilySpec = vmi(
+    "kubevirt_vmi_memory_pgminfault_total",
+    Counter,
+    &[],
+    "The number of other page faults, when disk IO was not required. Page faults occur when a process makes a valid access to virtual memory that is not available. When servicing the page fault, if disk IO is NOT required, it is considered as minor fault.",
+);
+pub const MEMORY_ACTUAL_BALLOON: FamilySpec = vmi(
+    "kubevirt_vmi_memory_actual_balloon_bytes",
+    Gauge,
+    &[],
+    "Current balloon size in bytes.",
+);
+pub const MEMORY_USABLE: FamilySpec = vmi(
+    "kubevirt_vmi_memory_usable_bytes",
+    Gauge,
+    &[],
+    "The amount of memory which can be reclaimed by balloon without pushing the guest system to swap, corresponds to 'Available' in /proc/meminfo.",
+);
+pub const MEMORY_DOMAIN: FamilySpec = vmi(
+    "kubevirt_vmi_memory_domain_bytes",
+    Gauge,
+    &[],
+    "The amount of memory in bytes allocated to the domain. The `memory` value in domain xml file.",
+);
+pub const CPU_USAGE: FamilySpec = vmi(
+    "kubevirt_vmi_cpu_usage_seconds_total",
+    Counter,
+    &[],
+    "Total CPU time spent in all modes (sum of both vcpu and hypervisor usage).",
+);
+pub const CPU_USER_USAGE: FamilySpec = vmi(
+    "kubevirt_vmi_cpu_user_usage_seconds_total",
+    Counter,
+    &[],
+    "Total CPU time spent in user mode.",
+);
+pub const CPU_SYSTEM_USAGE: FamilySpec = vmi(
+    "kubevirt_vmi_cpu_system_usage_seconds_total",
+    Counter,
+    &[],
+    "Total CPU time spent in system mode.",
+);
+pub const GUEST_LOAD_1M: FamilySpec = vmi(
+    "kubevirt_vmi_guest_load_1m",
+    Gauge,
+    &[],
+    "Guest system load average over 1 minute as reported by the guest agent. Load is defined as the number of processes in the runqueue or waiting for disk I/O. Requires qemu-guest-agent version 10.0.0 or above.",
+);
+pub const GUEST_LOAD_5M: FamilySpec = vmi(
+    "kubevirt_vmi_guest_load_5m",
+    Gauge,
+    &[],
+    "Guest system load average over 5 minutes as reported by the guest agent. Load is defined as the number of processes in the runqueue or waiting for disk I/O. Requires qemu-guest-agent version 10.0.0 or above.",
+);
+pub const GUEST_LOAD_15M: FamilySpec = vmi(
+    "kubevirt_vmi_guest_load_15m",
+    Gauge,
+    &[],
+    "Guest system load average over 15 minutes as reported by the guest agent. Load is defined as the number of processes in the runqueue or waiting for disk I/O. Requires qemu-guest-agent version 10.0.0 or above.",
+);
+pub const VCPU_SECONDS: FamilySpec = vmi(
+    "kubevirt_vmi_vcpu_seconds_total",
+    Counter,
+    &["id", "state"],
+    "Total amount of time spent in each state by each vcpu (cpu_time excluding hypervisor time). Where `id` is the vcpu identifier and `state` can be one of the following: [`OFFLINE`, `RUNNING`, `BLOCKED`].",
+);
+pub const VCPU_WAIT_SECONDS: FamilySpec = vmi(
+    "kubevirt_vmi_vcpu_wait_seconds_total",
+    Counter,
+    &["id"],
+    "Amount of time spent by each vcpu while waiting on I/O.",
+);
+pub const VCPU_DELAY_SECONDS: FamilySpec = vmi(
+    "kubevirt_vmi_vcpu_delay_seconds_total",
+    Counter,
+    &["id"],
+    "Amount of time spent by each vcpu waiting in the queue instead of running.",
+);
+pub const STORAGE_IOPS_READ: FamilySpec = vmi(
+    "kubevirt_vmi_storage_iops_read_total",
+    Counter,
+    DRIVE,
+    "Total number of I/O read operations.",
+);
+pub const STORAGE_IOPS_WRITE: FamilySpec = vmi(
+    "kubevirt_vmi_storage_iops_write_total",
+    Counter,
+    DRIVE,
+    "Total number of I/O write operations.",
+);
+pub const STORAGE_READ_TRAFFIC: FamilySpec = vmi(
+    "kubevirt_vmi_storage_read_traffic_bytes_total",
+    Counter,
+    DRIVE,
+    "Total number of bytes read from storage.",
+);
+pub const STORAGE_WRITE_TRAFFIC: FamilySpec = vmi(
+    "kubevirt_vmi_storage_write_traffic_bytes_total",
+    Counter,
+    DRIVE,
+    "Total number of written bytes.",
+);
+pub const STORAGE_READ_TIMES: FamilySpec = vmi(
+    "kubevirt_vmi_storage_read_times_seconds_total",
+    Counter,
+    DRIVE,
+    "Total time spent on read operations.",
+);
+pub const STORAGE_WRITE_TIMES: FamilySpec = vmi(
+    "kubevirt_vmi_storage_write_times_seconds_total",
+    Counter,
+    DRIVE,
+    "Total time spent on write operations.",
+);
+pub const STORAGE_FLUSH_REQUESTS: FamilySpec = vmi(
+    "kubevirt_vmi_storage_flush_requests_total",
+    Counter,
+    DRIVE,
+    "Total storage flush requests.",
+);
+pub const STORAGE_FLUSH_TIMES: FamilySpec = vmi(
+    "kubevirt_vmi_storage_flush_times_seconds_total",
+    Counter,
+    DRIVE,
+    "Total time spent on cache flushing.",
+);
+pub const NETWORK_TRAFFIC_DEPRECATED: FamilySpec = vmi(
+    "kubevirt_vmi_network_traffic_bytes_total",
+    Counter,
+    &["interface", "type"],
+    "[Deprecated] Total number of bytes sent and received.",
+);
+pub const NETWORK_RECEIVE_BYTES: FamilySpec = vmi(
+    "kubevirt_vmi_network_receive_bytes_total",
+    Counter,
+    INTERFACE,
+    "Total network traffic received in bytes.",
+);
+pub const NETWORK_TRANSMIT_BYTES: FamilySpec = vmi(
+    "kubevirt_vmi_network_transmit_bytes_total",
+    Counter,
+    INTERFACE,
+    "Total network traffic transmitted in bytes.",
+);
+pub const NETWORK_RECEIVE_PACKETS: FamilySpec = vmi(
+    "kubevirt_vmi_network_receive_packets_total",
+    Counter,
+    INTERFACE,
+    "Total network traffic received packets.",
+);
+pub const NETWORK_TRANSMIT_PACKETS: FamilySpec = vmi(
+    "kubevirt_vmi_network_transmit_packets_total",
+    Counter,
+    INTERFACE,
+    "Total network traffic transmitted packets.",
+);
+pub const NETWORK_RECEIVE_ERRORS: FamilySpec = vmi(
+    "kubevirt_vmi_network_receive_errors_total",
+    Counter,
+    INTERFACE,
+    "Total network received error packets.",
+);
+pub const NETWORK_TRANSMIT_ERRORS: FamilySpec = vmi(
+    "kubevirt_vmi_network_transmit_errors_total",
+    Counter,
+    INTERFACE,
+    "Total network transmitted error packets.",
+);
+pub const NETWORK_RECEIVE_DROPPED: FamilySpec = vmi(
+    "kubevirt_vmi_network_receive_packets_dropped_total",
+    Counter,
+    INTERFACE,
+    "The total number of rx packets dropped on vNIC interfaces.",
+);
+pub const NETWORK_TRANSMIT_DROPPED: FamilySpec = vmi(
+    "kubevirt_vmi_network_transmit_packets_dropped_total",
+    Counter,
+    INTERFACE,
+    "The total number of tx packets dropped on vNIC interfaces.",
+);
+pub const NODE_CPU_AFFINITY: FamilySpec = vmi(
+    "kubevirt_vmi_node_cpu_affinity",
+    Gauge,
+    &[],
+    "Number of VMI CPU affinities to node physical cores.",
+);
+pub const FILESYSTEM_CAPACITY: FamilySpec = vmi(
+    "kubevirt_vmi_filesystem_capacity_bytes",
+    Gauge,
+    FS,
+    "Total VM filesystem capacity in bytes.",
+);
+pub const FILESYSTEM_USED: FamilySpec = vmi(
+    "kubevirt_vmi_filesystem_used_bytes",
+    Gauge,
+    FS,
+    "Used VM filesystem capacity in bytes.",
+);
+pub const DIRTY_RATE: FamilySpec = vmi(
+    "kubevirt_vmi_dirty_rate_bytes_per_second",
+    Gauge,
+    &[],
+    "Guest dirty-rate in bytes per second.",
+);
+pub const MIGRATION_DATA_TOTAL: FamilySpec = migration(
+    "kubevirt_vmi_migration_data_bytes_total",
+    Counter,
+    "The total Guest OS data to be migrated to the new VM.",
+);
+pub const MIGRATION_DATA_REMAINING: FamilySpec = migration(
+    "kubevirt_vmi_migration_data_remaining_bytes",
+    Gauge,
+    "The remaining guest OS data to be migrated to the new VM.",
+);
+pub const MIGRATION_DATA_PROCESSED: FamilySpec = migration(
+    "kubevirt_vmi_migration_data_processed_bytes",
+    Gauge,
+    "The total Guest OS data processed and migrated to the new VM.",
+);
+pub const MIGRATION_DIRTY_MEMORY_RATE: FamilySpec = migration(
+    "kubevirt_vmi_migration_dirty_memory_rate_bytes",
+    Gauge,
+    "The rate of memory being dirty in the Guest OS.",
+);
+pub const MIGRATION_MEMORY_TRANSFER_RATE: FamilySpec = migration(
+    "kubevirt_vmi_migration_memory_transfer_rate_bytes",
+    Gauge,
+    "The rate at which the memory is being transferred.",
+);
+
+/// Every family this module can produce (46), in KubeVirt's documentation order.
+pub const FAMILIES: &[FamilySpec] = &[
+    MEMORY_RESIDENT,
+    MEMORY_AVAILABLE,
+    MEMORY_UNUSED,
+    MEMORY_CACHED,
+    MEMORY_SWAP_IN,
+    MEMORY_SWAP_OUT,
+    MEMORY_PGMAJFAULT,
+    MEMORY_PGMINFAULT,
+    MEMORY_ACTUAL_BALLOON,
+    MEMORY_USABLE,
+    MEMORY_DOMAIN,
+    CPU_USAGE,
+    CPU_USER_USAGE,
+    CPU_SYSTEM_USAGE,
+    GUEST_LOAD_1M,
+    GUEST_LOAD_5M,
+    GUEST_LOAD_15M,
+    VCPU_SECONDS,
+    VCPU_WAIT_SECONDS,
+    VCPU_DELAY_SECONDS,
+    STORAGE_IOPS_READ,
+    STORAGE_IOPS_WRITE,
+    STORAGE_READ_TRAFFIC,
+    STORAGE_WRITE_TRAFFIC,
+    STORAGE_READ_TIMES,
+    STORAGE_WRITE_TIMES,
+    STORAGE_FLUSH_REQUESTS,
+    STORAGE_FLUSH_TIMES,
+    NETWORK_TRAFFIC_DEPRECATED,
+    NETWORK_RECEIVE_BYTES,
+    NETWORK_TRANSMIT_BYTES,
+    NETWORK_RECEIVE_PACKETS,
+    NETWORK_TRANSMIT_PACKETS,
+    NETWORK_RECEIVE_ERRORS,
+    NETWORK_TRANSMIT_ERRORS,
+    NETWORK_RECEIVE_DROPPED,
+    NETWORK_TRANSMIT_DROPPED,
+    NODE_CPU_AFFINITY,
+    FILESYSTEM_CAPACITY,
+    FILESYSTEM_USED,
+    DIRTY_RATE,
+    MIGRATION_DATA_TOTAL,
+    MIGRATION_DATA_REMAINING,
+    MIGRATION_DATA_PROCESSED,
+    MIGRATION_DIRTY_MEMORY_RATE,
+    MIGRATION_MEMORY_TRANSFER_RATE,
+];
+
+/// virt-handler families that only virt-handler's own process can know; never produced here.
+pub const ABSENT_FAMILIES: &[&str] = &[
+    "kubevirt_workqueue_depth",
+    "kubevirt_workqueue_adds_total",
+    "kubevirt_workqueue_queue_duration_seconds",
+    "kubevirt_workqueue_work_duration_seconds",
+    "kubevirt_workqueue_retries_total",
+    "kubevirt_workqueue_longest_running_processor_seconds",
+    "kubevirt_workqueue_unfinished_work_seconds",
+    "kubevirt_rest_client_request_latency_seconds",
+    "kubevirt_rest_client_rate_limiter_duration_seconds",
+    "kubevirt_rest_client_requests_total",
+    "kubevirt_vmi_sync_total",
+    "kubevirt_virt_handler_ready_status",
+    "kubevirt_info",
+    "kubevirt_node_deprecated_machine_types",
+    "kubevirt_vmi_guest_os_panic_total",
+    "kubevirt_vmi_gpu_info",
+];
+
+/// The names of [`FAMILIES`].
+pub fn family_names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().map(|spec| spec.name)
+}
+
+/// Renders every family for the given VMIs and drained migration samples. Families come out
+/// sorted by name, series sorted and deduplicated; families without samples are left out.
+pub fn render(vmis: &[VmiStats], migrations: &[MigrationSample]) -> Vec<Family> {
+    let mut out = Builder::default();
+    for stats in vmis {
+        render_vmi(&mut out, stats);
+    }
+    for sample in migrations {
+        render_migration(&mut out, sample);
+    }
+    out.finish()
+}
+
+#[derive(Default)]
+struct Builder {
+    families: BTreeMap<&'static str, Family>,
+}
+
+impl Builder {
+    fn push(&mut self, spec: &FamilySpec, labels: Labels, value: f64, timestamp_ms: Option<i64>) {
+        let family = self
+            .families
+            .entry(spec.name)
+            .or_insert_with(|| Family::new(spec.name, spec.help, spec.kind));
+        family.samples.push(Sample {
+            suffix: "",
+            labels,
+            value,
+            timestamp_ms,
+        });
+    }
+
+    fn finish(self) -> Vec<Family> {
+        self.families
+            .into_values()
+            .filter_map(|mut family| {
+                family.samples.sort_by(|a, b| {
+                    a.labels
+                        .cmp(&b.labels)
+                        .then(a.timestamp_ms.cmp(&b.timestamp_ms))
+                });
+                family
+                    .samples
+                    .dedup_by(|b, a| a.labels == b.labels && a.timestamp_ms == b.timestamp_ms);
+                (!family.samples.is_empty()).then_some(family)
+            })
+            .collect()
+    }
+}
+
+/// The identity labels of one VMI, shared by all its series.
+struct VmiLabels {
+    base: Labels,
+}
+
+impl VmiLabels {
+    fn new(vmi: &VmiIdentity) -> Self {
+        // Keyed by sanitised name: when two keys collide the later (greater) key wins.
+        let mut dynamic: BTreeMap<String, &str> = BTreeMap::new();
+        for (key, value) in &vmi.labels {
+            let name = vmi_label_name(key);
+            if is_valid_label_name(&name) {
+                dynamic.insert(name, value);
+            }
+        }
+        let mut base: Labels = Vec::with_capacity(3 + dynamic.len());
+        base.push((label("node"), vmi.node.clone()));
+        base.push((label("namespace"), vmi.namespace.clone()));
+        base.push((label("name"), vmi.name.clone()));
+        base.extend(
+            dynamic
+                .into_iter()
+                .map(|(name, value)| (LabelName::Owned(name), value.to_owned())),
+        );
+        Self {
+            base: finish_labels(base),
+        }
+    }
+
+    fn plain(&self) -> Labels {
+        self.base.clone()
+    }
+
+    fn with(&self, extra: &[(&'static str, &str)]) -> Labels {
+        let mut labels = self.base.clone();
+        labels.extend(
+            extra
+                .iter()
+                .map(|(name, value)| (label(name), (*value).to_owned())),
+        );
+        finish_labels(labels)
+    }
+}
+
+/// A family, the value the source reported for it, and how to turn it into KubeVirt's unit.
+type Conversion = (&'static FamilySpec, Option<u64>, fn(u64) -> f64);
+
+fn kib_to_bytes(kib: u64) -> f64 {
+    kib as f64 * 1024.0
+}
+
+fn ns_to_seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn count(value: u64) -> f64 {
+    value as f64
+}
+
+fn render_vmi(out: &mut Builder, stats: &VmiStats) {
+    let labels = VmiLabels::new(&stats.vmi);
+    let domain = &stats.domain;
+    if let Some(memory) = &domain.memory {
+        render_memory(out, &labels, memory);
+    }
+    render_cpu_and_load(out, &labels, domain);
+    render_vcpus(out, &labels, domain);
+    for block in &domain.blocks {
+        render_block(out, &labels, block);
+    }
+    for net in &domain.nets {
+        render_net(out, &labels, net);
+    }
+    if let Some(cpu_map) = &domain.cpu_map {
+        let pinned = cpu_map.iter().flatten().filter(|pinned| **pinned).count();
+        out.push(&NODE_CPU_AFFINITY, labels.plain(), pinned as f64, None);
+    }
+    render_filesystems(out, &labels, &stats.filesystems);
+    if let Some(mbs) = stats.dirty_rate_mbs {
+        // int64 arithmetic first, as KubeVirt does.
+        let bytes = mbs.wrapping_mul(1024 * 1024);
+        out.push(&DIRTY_RATE, labels.plain(), bytes as f64, None);
+    }
+}
+
+fn render_memory(out: &mut Builder, labels: &VmiLabels, memory: &MemoryStats) {
+    let values: [Conversion; 11] = [
+        (&MEMORY_RESIDENT, memory.rss, kib_to_bytes),
+        (&MEMORY_AVAILABLE, memory.available, kib_to_bytes),
+        (&MEMORY_UNUSED, memory.unused, kib_to_bytes),
+        (&MEMORY_CACHED, memory.cached, kib_to_bytes),
+        (&MEMORY_SWAP_IN, memory.swap_in, kib_to_bytes),
+        (&MEMORY_SWAP_OUT, memory.swap_out, kib_to_bytes),
+        (&MEMORY_PGMAJFAULT, memory.major_fault, count),
+        (&MEMORY_PGMINFAULT, memory.minor_fault, count),
+        (&MEMORY_ACTUAL_BALLOON, memory.actual_balloon, kib_to_bytes),
+        (&MEMORY_USABLE, memory.usable, kib_to_bytes),
+        (&MEMORY_DOMAIN, memory.total, kib_to_bytes),
+    ];
+    for (spec, value, convert) in values {
+        if let Some(value) = value {
+            out.push(spec, labels.plain(), convert(value), None);
+        }
+    }
+}
+
+fn render_cpu_and_load(out: &mut Builder, labels: &VmiLabels, domain: &DomainStats) {
+    if let Some(cpu) = &domain.cpu {
+        for (spec, value) in [
+            (&CPU_USAGE, cpu.time),
+            (&CPU_USER_USAGE, cpu.user),
+            (&CPU_SYSTEM_USAGE, cpu.system),
+        ] {
+            if let Some(ns) = value {
+                out.push(spec, labels.plain(), ns_to_seconds(ns), None);
+            }
+        }
+    }
+    if let Some(load) = &domain.load {
+        for (spec, value) in [
+            (&GUEST_LOAD_1M, load.load1m),
+            (&GUEST_LOAD_5M, load.load5m),
+            (&GUEST_LOAD_15M, load.load15m),
+        ] {
+            if let Some(value) = value {
+                out.push(spec, labels.plain(), value, None);
+            }
+        }
+    }
+}
+
+fn render_vcpus(out: &mut Builder, labels: &VmiLabels, domain: &DomainStats) {
+    for (index, vcpu) in domain.vcpus.iter().enumerate() {
+        let id = index.to_string();
+        if let Some(time) = vcpu.time {
+            let state = vcpu.state.unwrap_or(VcpuState::Offline).label();
+            let series = labels.with(&[("id", &id), ("state", state)]);
+            out.push(&VCPU_SECONDS, series, ns_to_seconds(time), None);
+        }
+        if let Some(wait) = vcpu.wait {
+            let series = labels.with(&[("id", &id)]);
+            out.push(&VCPU_WAIT_SECONDS, series, ns_to_seconds(wait), None);
+        }
+        if let Some(delay) = vcpu.delay {
+            let series = labels.with(&[("id", &id)]);
+            out.push(&VCPU_DELAY_SECONDS, series, ns_to_seconds(delay), None);
+        }
+    }
+}
+
+fn render_block(out: &mut Builder, labels: &VmiLabels, block: &BlockStats) {
+    let Some(name) = &block.name else {
+        return;
+    };
+    let drive = match &block.alias {
+        Some(alias) if !alias.is_empty() => alias,
+        _ => name,
+    };
+    let series = labels.with(&[("drive", drive)]);
+    let values: [Conversion; 8] = [
+        (&STORAGE_IOPS_READ, block.rd_reqs, count),
+        (&STORAGE_IOPS_WRITE, block.wr_reqs, count),
+        (&STORAGE_READ_TRAFFIC, block.rd_bytes, count),
+        (&STORAGE_WRITE_TRAFFIC, block.wr_bytes, count),
+        (&STORAGE_READ_TIMES, block.rd_times, ns_to_seconds),
+        (&STORAGE_WRITE_TIMES, block.wr_times, ns_to_seconds),
+        (&STORAGE_FLUSH_REQUESTS, block.fl_reqs, count),
+        (&STORAGE_FLUSH_TIMES, block.fl_times, ns_to_seconds),
+    ];
+    for (spec, value, convert) in values {
+        if let Some(value) = value {
+            out.push(spec, series.clone(), convert(value), None);
+        }
+    }
+}
+
+fn render_net(out: &mut Builder, labels: &VmiLabels, net: &NetStats) {
+    let Some(name) = &net.name else {
+        return;
+    };
+    let interface = net.alias.as_ref().unwrap_or(name);
+    let series = labels.with(&[("interface", interface)]);
+    if let Some(rx) = net.rx_bytes {
+        let deprecated = labels.with(&[("interface", interface), ("type", "rx")]);
+        out.push(&NETWORK_TRAFFIC_DEPRECATED, deprecated, count(rx), None);
+    }
+    if let Some(tx) = net.tx_bytes {
+        let deprecated = labels.with(&[("interface", interface), ("type", "tx")]);
+        out.push(&NETWORK_TRAFFIC_DEPRECATED, deprecated, count(tx), None);
+    }
+    for (spec, value) in [
+        (&NETWORK_RECEIVE_BYTES, net.rx_bytes),
+        (&NETWORK_TRANSMIT_BYTES, net.tx_bytes),
+        (&NETWORK_RECEIVE_PACKETS, net.rx_pkts),
+        (&NETWORK_TRANSMIT_PACKETS, net.tx_pkts),
+        (&NETWORK_RECEIVE_ERRORS, net.rx_errs),
+        (&NETWORK_TRANSMIT_ERRORS, net.tx_errs),
+        (&NETWORK_RECEIVE_DROPPED, net.rx_drop),
+        (&NETWORK_TRANSMIT_DROPPED, net.tx_drop),
+    ] {
+        if let Some(value) = value {
+            out.push(spec, series.clone(), count(value), None);
+        }
+    }
+}
+
+fn render_filesystems(out: &mut Builder, labels: &VmiLabels, filesystems: &[Filesystem]) {
+    let mut seen = std::collections::HashSet::new();
+    for fs in filesystems {
+        let key = format!("{}{}{}", fs.disk_name, fs.mount_point, fs.file_system_type);
+        if !seen.insert(key) {
+            continue;
+        }
+        let series = labels.with(&[
+            ("disk_name", &fs.disk_name),
+            ("mount_point", &fs.mount_point),
+            ("file_system_type", &fs.file_system_type),
+        ]);
+        out.push(
+            &FILESYSTEM_CAPACITY,
+            series.clone(),
+            count(fs.total_bytes),
+            None,
+        );
+        out.push(&FILESYSTEM_USED, series, count(fs.used_bytes), None);
+    }
+}
+
+fn render_migration(out: &mut Builder, sample: &MigrationSample) {
+    let labels = finish_labels(vec![
+        (label("namespace"), sample.namespace.clone()),
+        (label("name"), sample.name.clone()),
+        (label("node"), sample.node.clone()),
+    ]);
+    let job: &MigrationJobInfo = &sample.job;
+    for (spec, value) in [
+        (&MIGRATION_DATA_TOTAL, job.data_total),
+        (&MIGRATION_DATA_REMAINING, job.data_remaining),
+        (&MIGRATION_DATA_PROCESSED, job.data_processed),
+        (&MIGRATION_DIRTY_MEMORY_RATE, job.mem_dirty_rate),
+        (&MIGRATION_MEMORY_TRANSFER_RATE, job.memory_bps),
+    ] {
+        if let Some(value) = value {
+            out.push(
+                spec,
+                labels.clone(),
+                count(value),
+                Some(sample.timestamp_ms),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

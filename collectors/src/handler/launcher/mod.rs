@@ -1,0 +1,357 @@
+//! Domain statistics from virt-launcher over KubeVirt's cmd v1 gRPC protocol — the
+//! default source of virt-handler-metrics inside a KubeVirt pod.
+//!
+//! One pass: take the node's VMIs ([`discovery`]), find each one's command socket under
+//! the kubelet's pods directory ([`socket`]), and ask at most `max_concurrency` launchers
+//! at a time ([`client`]) for `GetDomainStats`, `GetFilesystems` and, for running VMIs
+//! that are not migrating, `GetDomainDirtyRateStats` — the calls virt-handler makes for
+//! its own `/metrics`. The three calls of one VMI run concurrently on one kept
+//! connection. Whatever goes wrong for one VMI (no socket, unresponsive marker, hung or
+//! failing launcher, malformed JSON) becomes a [`Problem`] and never costs the others
+//! their numbers; the pass always ends by its deadline.
+//!
+//! Differences from virt-handler, on purpose: connections are kept across passes (it
+//! dials and negotiates per scrape); a failed `GetFilesystems` costs only the filesystem
+//! series (it drops the VMI's whole report); failures are counted instead of only logged.
+
+pub mod client;
+pub mod discovery;
+pub mod payload;
+pub mod proto;
+pub mod socket;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+pub use client::{ClientError, ClientPool, LauncherClient, RpcTimeouts};
+pub use discovery::{StaticVmis, Vmi, VmiLister, VmiSnapshot, WatchedVmis};
+pub use socket::SocketError;
+
+use crate::core::collect::{Problem, SourceReport, StatsSource, Trigger};
+use crate::handler::stats::{DomainStats, VmiStats};
+use kubevirt_metrics_flags::HandlerArgs;
+
+/// The `source` of every problem this module reports about a launcher.
+pub const SOURCE: &str = "launcher";
+
+/// How far ahead of the pass deadline each VMI must be done, at most, so that what it
+/// gathered still makes it into the pass.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LauncherSettings {
+    /// This node; selects active pods (and, in [`LauncherSource::start`], the VMIs).
+    pub node_name: String,
+    /// The kubelet's pods directory as mounted in this container.
+    pub pods_dir: PathBuf,
+    /// At most this many launchers are asked at once.
+    pub max_concurrency: usize,
+    /// Everything asked of one launcher in one pass must finish within this.
+    pub vmi_timeout: Duration,
+    pub rpc: RpcTimeouts,
+}
+
+impl LauncherSettings {
+    pub fn from_args(args: &HandlerArgs) -> Self {
+        Self {
+            node_name: args.node_name.clone(),
+            pods_dir: args.pods_dir.clone(),
+            max_concurrency: args.max_concurrency,
+            vmi_timeout: args.vmi_timeout,
+            rpc: RpcTimeouts::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LauncherError {
+    #[error(
+        "the node name is not set (NODE_NAME or --node-name); the launcher source needs it to select this node's VMIs"
+    )]
+    NoNodeName,
+    #[error("cannot build a Kubernetes client (KUBECONFIG or in-cluster config): {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Statistics of this node's VMIs, asked of their virt-launchers.
+pub struct LauncherSource {
+    lister: Arc<dyn VmiLister>,
+    settings: LauncherSettings,
+    pool: ClientPool,
+}
+
+impl LauncherSource {
+    /// Connects to the Kubernetes API (KUBECONFIG, else in-cluster) and starts watching
+    /// the node's VMIs. Returns at once; until the first list arrives, passes report a
+    /// `not_synced` problem and no VMIs.
+    pub async fn start(args: &HandlerArgs) -> Result<Self, LauncherError> {
+        let settings = LauncherSettings::from_args(args);
+        if settings.node_name.is_empty() {
+            return Err(LauncherError::NoNodeName);
+        }
+        let client = kube::Client::try_default().await?;
+        let lister = WatchedVmis::start(client, &settings.node_name);
+        tracing::info!(
+            node = %settings.node_name,
+            pods_dir = %settings.pods_dir.display(),
+            "launcher source started"
+        );
+        Ok(Self::with_lister(Arc::new(lister), settings))
+    }
+
+    /// A source over VMIs from anywhere, e.g. a [`StaticVmis`] in tests.
+    pub fn with_lister(lister: Arc<dyn VmiLister>, settings: LauncherSettings) -> Self {
+        Self {
+            lister,
+            settings,
+            pool: ClientPool::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &LauncherSettings {
+        &self.settings
+    }
+
+    /// How many launcher connections are currently kept.
+    pub fn open_connections(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// One collection pass; ends by `deadline` whatever the launchers do.
+    pub async fn collect_pass(&self, deadline: Instant) -> SourceReport {
+        let VmiSnapshot { vmis, problems } = self.lister.snapshot();
+        let mut report = SourceReport {
+            problems,
+            targets_seen: vmis.len() as u64,
+            ..SourceReport::default()
+        };
+
+        let mut jobs = Vec::with_capacity(vmis.len());
+        let mut live_sockets = HashSet::new();
+        for vmi in vmis {
+            match self.find_socket(&vmi) {
+                Ok(socket) => {
+                    live_sockets.insert(socket.clone());
+                    jobs.push((vmi, socket));
+                }
+                Err(err) => {
+                    // A VMI that is not running yet (or any more) has no launcher to ask;
+                    // virt-handler skips it silently, and so do we.
+                    if vmi.is_running() || matches!(err, SocketError::Unresponsive { .. }) {
+                        report.problems.push(problem(&vmi, err.kind(), &err));
+                    } else {
+                        tracing::debug!(vmi = %vmi.key(), phase = vmi.phase(), %err, "no launcher socket");
+                    }
+                }
+            }
+        }
+        self.pool.retain(&live_sockets);
+
+        let cutoff = vmi_cutoff(deadline);
+        let mut pending: BTreeMap<usize, Arc<Vmi>> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, (vmi, _))| (i, Arc::clone(vmi)))
+            .collect();
+        let vmi_timeout = self.settings.vmi_timeout;
+        let mut outcomes = futures::stream::iter(jobs.into_iter().enumerate())
+            .map(|(i, (vmi, socket))| async move {
+                let vmi_deadline = cutoff.min(Instant::now() + vmi_timeout);
+                (i, self.scrape(&vmi, &socket, vmi_deadline).await)
+            })
+            .buffer_unordered(self.settings.max_concurrency.max(1));
+        let hard_stop = tokio::time::sleep_until(deadline);
+        tokio::pin!(hard_stop);
+        loop {
+            tokio::select! {
+                next = outcomes.next() => match next {
+                    Some((i, outcome)) => {
+                        pending.remove(&i);
+                        report.problems.extend(outcome.problems);
+                        report.vmis.extend(outcome.stats);
+                    }
+                    None => break,
+                },
+                () = &mut hard_stop => {
+                    for vmi in pending.values() {
+                        report.problems.push(problem(vmi, "timeout", "the pass deadline came first"));
+                    }
+                    break;
+                }
+            }
+        }
+        report
+            .vmis
+            .sort_by(|a, b| (&a.vmi.namespace, &a.vmi.name).cmp(&(&b.vmi.namespace, &b.vmi.name)));
+        report
+    }
+
+    fn find_socket(&self, vmi: &Vmi) -> Result<PathBuf, SocketError> {
+        socket::find_socket(
+            &self.settings.pods_dir,
+            &self.settings.node_name,
+            vmi.active_pods(),
+        )
+    }
+
+    /// Everything one VMI's launcher has to say, by `deadline`.
+    async fn scrape(&self, vmi: &Vmi, socket: &Path, deadline: Instant) -> Outcome {
+        if deadline <= Instant::now() {
+            return Outcome::problem(problem(vmi, "timeout", "no time left in the pass to ask"));
+        }
+        let client = match self.pool.get(socket, self.settings.rpc, deadline).await {
+            Ok(client) => client,
+            Err(err) => return Outcome::problem(problem(vmi, err.kind(), &err)),
+        };
+        let dirty_rate_wanted = vmi.dirty_rate_eligible();
+        let (stats, filesystems, dirty_rate) = tokio::join!(
+            client.domain_stats(deadline),
+            client.filesystems(deadline),
+            async {
+                if dirty_rate_wanted {
+                    Some(client.dirty_rate_mbs(deadline).await)
+                } else {
+                    None
+                }
+            },
+        );
+        let collected_at = SystemTime::now();
+
+        let mut outcome = Outcome::default();
+        let mut broken = false;
+        let mut failed = |outcome: &mut Outcome, err: ClientError| {
+            broken |= err.breaks_connection();
+            outcome.problems.push(problem(vmi, err.kind(), &err));
+        };
+
+        let domain = match stats {
+            Ok(Some(json)) => match payload::domain_stats_from_json(&json) {
+                Ok(domain) if has_domain(&domain) => Some(domain),
+                Ok(_) => {
+                    outcome.no_domain(vmi);
+                    None
+                }
+                Err(err) => {
+                    outcome.problems.push(problem(vmi, "decode", &err));
+                    None
+                }
+            },
+            Ok(None) => {
+                outcome.no_domain(vmi);
+                None
+            }
+            Err(err) => {
+                failed(&mut outcome, err);
+                None
+            }
+        };
+        let filesystems = match filesystems {
+            Ok(json) => payload::filesystems_from_json(&json).unwrap_or_else(|err| {
+                outcome.problems.push(problem(vmi, "decode", &err));
+                Vec::new()
+            }),
+            Err(err) => {
+                failed(&mut outcome, err);
+                Vec::new()
+            }
+        };
+        let dirty_rate_mbs = match dirty_rate {
+            Some(Ok(mbs)) => Some(mbs),
+            // A KubeVirt v1.5 launcher has no such call (and its virt-handler no such metric).
+            Some(Err(err)) if err.is_unimplemented() => {
+                tracing::debug!(vmi = %vmi.key(), %err, "launcher predates the dirty-rate call");
+                None
+            }
+            Some(Err(err)) => {
+                failed(&mut outcome, err);
+                None
+            }
+            None => None,
+        };
+        if broken {
+            self.pool.forget(socket);
+        }
+
+        // The dirty rate is its own collector in virt-handler and survives a failed
+        // GetDomainStats; the filesystems belong to the domain report.
+        outcome.stats = match (domain, dirty_rate_mbs) {
+            (Some(domain), _) => Some((domain, filesystems)),
+            (None, Some(_)) => Some((DomainStats::default(), Vec::new())),
+            (None, None) => None,
+        }
+        .map(|(domain, filesystems)| VmiStats {
+            vmi: vmi.identity(&self.settings.node_name),
+            domain,
+            filesystems,
+            dirty_rate_mbs,
+            collected_at,
+        });
+        outcome
+    }
+}
+
+impl StatsSource for LauncherSource {
+    fn collect(&self, deadline: Instant) -> BoxFuture<'_, SourceReport> {
+        Box::pin(self.collect_pass(deadline))
+    }
+
+    /// The VMI list's: collect as soon as the watch has synced or a VMI starts running.
+    fn trigger(&self) -> Option<Trigger> {
+        self.lister.trigger()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    stats: Option<VmiStats>,
+    problems: Vec<Problem>,
+}
+
+impl Outcome {
+    fn problem(problem: Problem) -> Self {
+        Self {
+            stats: None,
+            problems: vec![problem],
+        }
+    }
+
+    /// The launcher answered but has no domain: normal while a VMI starts or stops
+    /// (virt-handler ignores it then), worth counting for a VMI that claims to run.
+    fn no_domain(&mut self, vmi: &Vmi) {
+        if vmi.is_running() {
+            self.problems
+                .push(problem(vmi, "no_domain", "the launcher reports no domain"));
+        } else {
+            tracing::debug!(vmi = %vmi.key(), phase = vmi.phase(), "launcher has no domain");
+        }
+    }
+}
+
+/// virt-handler drops a report whose domain has no name (a VM that is going away).
+fn has_domain(domain: &DomainStats) -> bool {
+    domain.name.as_deref().is_some_and(|name| !name.is_empty())
+}
+
+/// The latest instant a VMI may still be worked on: a little before the pass deadline, so
+/// partial answers (stats in, dirty rate hung) still land in the pass.
+fn vmi_cutoff(deadline: Instant) -> Instant {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let margin = DEADLINE_MARGIN.min(left / 10);
+    deadline.checked_sub(margin).unwrap_or(deadline)
+}
+
+fn problem(vmi: &Vmi, kind: &'static str, message: impl std::fmt::Display) -> Problem {
+    tracing::debug!(vmi = %vmi.key(), kind, %message, "launcher problem");
+    Problem {
+        source: SOURCE,
+        kind,
+        target: vmi.key(),
+        message: message.to_string(),
+    }
+}

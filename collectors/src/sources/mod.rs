@@ -1,5 +1,0 @@
-//! Where virt-handler statistics come from.
-
-pub mod launcher;
-#[cfg(feature = "libvirt")]
-pub mod libvirt;
