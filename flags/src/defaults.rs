@@ -30,6 +30,10 @@ pub const PODS_DIR: &str = "/pods";
 pub const MAX_CONCURRENCY: usize = 4;
 pub const VMI_TIMEOUT: &str = "5s";
 
+pub const PUSH_QUEUE_CAPACITY: usize = 8;
+pub const PUSH_TIMEOUT: &str = "10s";
+pub const PUSH_MAX_BACKOFF: &str = "2m";
+
 /// One of the duration defaults above as a [`Duration`]. They are constants checked by the
 /// test below, so the fallback (zero) is never taken.
 pub fn duration(text: &str) -> Duration {
@@ -50,6 +54,8 @@ mod tests {
             HTTP_HEADER_TIMEOUT,
             HTTP_WRITE_TIMEOUT,
             VMI_TIMEOUT,
+            PUSH_TIMEOUT,
+            PUSH_MAX_BACKOFF,
         ] {
             let parsed = humantime::parse_duration(text).expect(text);
             assert!(parsed > Duration::ZERO, "{text}");

@@ -17,10 +17,12 @@ use clap::{Args, Parser, ValueEnum};
 pub mod catalog;
 mod control_plane;
 pub mod defaults;
+mod export;
 pub mod telemetry;
 
 pub use control_plane::*;
 pub use defaults::{DEFAULT_NAMESPACE, DEFAULT_PORT, VIRT_CONTROLLER_LEASE, VIRT_OPERATOR_LEASE};
+pub use export::{ClientTls, ExportArgs, InfluxPrecision, OtlpProtocol};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Mode {
@@ -151,6 +153,10 @@ pub struct CommonArgs {
     /// Larger request heads (request line and headers) are answered 431.
     #[arg(long, env = "COLLECTOR_HTTP_MAX_HEADER_BYTES", default_value_t = defaults::HTTP_MAX_HEADER_BYTES)]
     pub http_max_header_bytes: usize,
+
+    /// Push sinks and aggregation.
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 impl Default for CommonArgs {
@@ -173,6 +179,7 @@ impl Default for CommonArgs {
             http_header_timeout: defaults::duration(defaults::HTTP_HEADER_TIMEOUT),
             http_write_timeout: defaults::duration(defaults::HTTP_WRITE_TIMEOUT),
             http_max_header_bytes: defaults::HTTP_MAX_HEADER_BYTES,
+            export: ExportArgs::default(),
         }
     }
 }
@@ -282,6 +289,7 @@ impl CommonArgs {
                 self.http_max_header_bytes.to_string(),
             );
         }
+        self.export.push_args(&mut args);
         args
     }
 }
