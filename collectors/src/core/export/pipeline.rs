@@ -1,0 +1,1 @@
+//! Queues, retries and self-metrics around every sink. Placeholder: no sink is configured yet.
