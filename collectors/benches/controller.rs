@@ -10,7 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kubevirt_metrics_collectors::controller::families::{self, ClusterState};
+use kubevirt_metrics_collectors::controller::families::{self};
+use kubevirt_metrics_collectors::controller::store::ClusterState;
 use kubevirt_metrics_collectors::core::format::text;
 use serde::Deserialize;
 use serde_json::{Value, json};

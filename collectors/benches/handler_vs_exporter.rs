@@ -25,8 +25,8 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kubevirt_metrics_collectors::core::collect::StatsSource;
 use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::handler::StatsSource;
 use kubevirt_metrics_collectors::handler::families;
 use kubevirt_metrics_collectors::handler::libvirt::{
     LibvirtSource, STATS_FLAGS, STATS_GROUPS, ffi,

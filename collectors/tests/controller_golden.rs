@@ -4,7 +4,8 @@
 mod controller_support;
 
 use controller_support::{assert_golden, fixture_state};
-use kubevirt_metrics_collectors::controller::families::{self, ClusterState};
+use kubevirt_metrics_collectors::controller::families::{self};
+use kubevirt_metrics_collectors::controller::store::ClusterState;
 use kubevirt_metrics_collectors::core::format::text;
 
 fn golden_for(fixture: &str) {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use controller_support::fake_api::{FakeApi, path_of};
 use controller_support::{repo_root, yaml_documents};
-use kubevirt_metrics_collectors::controller::families::{self, ClusterState};
+use kubevirt_metrics_collectors::controller::families::{self};
+use kubevirt_metrics_collectors::controller::store::ClusterState;
 use kubevirt_metrics_collectors::controller::{ControllerCollector, ControllerOptions};
 use kubevirt_metrics_collectors::core::collect::{Collection, Collector};
 use kubevirt_metrics_collectors::core::format::text;

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake_launcher::{Calls, FakeLauncher, Reply, Script};
-use kubevirt_metrics_collectors::core::collect::{SourceReport, StatsSource};
 use kubevirt_metrics_collectors::handler::launcher::{
     LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, Vmi,
 };
+use kubevirt_metrics_collectors::handler::{SourceReport, StatsSource};
 use tokio::time::Instant;
 
 const NODE: &str = "node-1";

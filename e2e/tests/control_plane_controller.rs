@@ -18,7 +18,8 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use kubevirt_metrics_collectors::controller::families::{self, ClusterState};
+use kubevirt_metrics_collectors::controller::families::{self};
+use kubevirt_metrics_collectors::controller::store::ClusterState;
 use kubevirt_metrics_collectors::controller::{ControllerCollector, ControllerOptions};
 use kubevirt_metrics_collectors::core::component;
 use kubevirt_metrics_collectors::core::format::text;

@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e::{Paused, Peers, parse_series};
-use kubevirt_metrics_collectors::core::collect::{SourceReport, StatsSource};
 use kubevirt_metrics_collectors::core::format::text;
 use kubevirt_metrics_collectors::handler::families;
 use kubevirt_metrics_collectors::handler::libvirt::LibvirtSource;
 use kubevirt_metrics_collectors::handler::stats::VmiStats;
+use kubevirt_metrics_collectors::handler::{SourceReport, StatsSource};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use kubevirt_metrics_collectors::core::collect::{Collector, StatsSource};
+use kubevirt_metrics_collectors::core::collect::Collector;
 use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_collectors::handler::StatsSource;
 use kubevirt_metrics_collectors::handler::VmiCollector;
 use kubevirt_metrics_collectors::handler::launcher::LauncherSource;
 use kubevirt_metrics_collectors::handler::libvirt::LibvirtSource;

@@ -25,6 +25,8 @@
 //! read the sidecar does not export. `--ignore-leadership` exports regardless (one replica).
 
 pub mod families;
+pub mod objects;
+pub mod store;
 pub mod watch;
 
 use std::sync::Arc;
@@ -36,8 +38,8 @@ use tokio::time::Instant;
 
 use crate::core::collect::{Collection, Collector, Problem};
 use crate::k8s::lease::LeaseReader;
-use families::ObjectKind;
 use kubevirt_metrics_flags::{ControllerArgs, ControllerBackport};
+use store::ObjectKind;
 use watch::WatchSet;
 
 /// What a [`ControllerCollector`] needs besides a Kubernetes client.

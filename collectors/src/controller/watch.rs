@@ -18,8 +18,8 @@ use kube::{Api, Client};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::families::objects::{VM_LABELS_CONFIG_MAP, object_key};
-use crate::controller::families::{ClusterState, ObjectKind, StateError};
+use crate::controller::objects::{VM_LABELS_CONFIG_MAP, object_key};
+use crate::controller::store::{ClusterState, ObjectKind, StateError};
 use crate::core::collect::Problem;
 use crate::k8s::status_kind;
 

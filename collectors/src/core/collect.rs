@@ -14,7 +14,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::core::metric::Family;
-use crate::handler::stats::VmiStats;
 
 /// One thing that went wrong during a collection, counted in the self-metrics and logged once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,25 +79,6 @@ pub trait Collector: Send + Sync + 'static {
 
     /// A trigger for collecting ahead of the interval, when the collector can tell that
     /// fresh data exists (`None`: only the interval tick collects).
-    fn trigger(&self) -> Option<Trigger> {
-        None
-    }
-}
-
-/// What a virt-handler stats source returns for one pass.
-#[derive(Debug, Default)]
-pub struct SourceReport {
-    pub vmis: Vec<VmiStats>,
-    pub problems: Vec<Problem>,
-    pub stale_dropped: u64,
-    pub targets_seen: u64,
-}
-
-/// Where virt-handler domain statistics come from: virt-launcher's cmd socket or libvirt.
-pub trait StatsSource: Send + Sync + 'static {
-    fn collect(&self, deadline: Instant) -> BoxFuture<'_, SourceReport>;
-
-    /// See [`Collector::trigger`].
     fn trigger(&self) -> Option<Trigger> {
         None
     }

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::core::collect::{Collection, Collector, Problem, SourceReport, StatsSource, Trigger};
+use crate::core::collect::{Collection, Collector, Problem, Trigger};
 use crate::handler::families::{self, MigrationHistory};
+use crate::handler::source::{SourceReport, StatsSource};
 use crate::handler::stats::VmiStats;
 
 pub struct VmiCollector {

@@ -9,6 +9,8 @@ pub mod families;
 pub mod launcher;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
+pub mod source;
 pub mod stats;
 
 pub use collector::VmiCollector;
+pub use source::{SourceReport, StatsSource};

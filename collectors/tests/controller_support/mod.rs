@@ -5,7 +5,7 @@ pub mod fake_api;
 
 use std::path::{Path, PathBuf};
 
-use kubevirt_metrics_collectors::controller::families::ClusterState;
+use kubevirt_metrics_collectors::controller::store::ClusterState;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

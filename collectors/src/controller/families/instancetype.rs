@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 
 use super::ClusterState;
-use super::objects::*;
-use super::quantity::Quantity;
+use crate::controller::objects::quantity::Quantity;
+use crate::controller::objects::*;
 
 pub const OTHER: &str = "<other>";
 

@@ -1,7 +1,8 @@
 //! Migration families of virt-controller (`migrationstats_collector.go`).
 
 use super::defs::*;
-use super::{ClusterState, labels};
+use super::labels;
+use crate::controller::store::ClusterState;
 use crate::core::metric::{Family, Sample};
 
 pub fn render(state: &ClusterState) -> Vec<Family> {

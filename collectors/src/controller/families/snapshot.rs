@@ -4,7 +4,8 @@
 //! state, a snapshot's series lives as long as the snapshot object does.
 
 use super::defs::VMSNAPSHOT_SUCCEEDED_TIMESTAMP;
-use super::{ClusterState, labels, seconds};
+use super::{labels, seconds};
+use crate::controller::store::ClusterState;
 use crate::core::metric::{Family, Sample};
 
 pub fn render(state: &ClusterState) -> Vec<Family> {

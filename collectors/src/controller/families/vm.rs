@@ -2,10 +2,11 @@
 
 use super::defs::*;
 use super::instancetype::{effective_spec, vm_instancetype, vm_preference};
-use super::objects::*;
-use super::quantity::Quantity;
 use super::vmi::{MODEL_NONE, push_vnics};
-use super::{ClusterState, float, labels, push_unique, seconds, vm_labels};
+use super::{float, labels, push_unique, seconds, vm_labels};
+use crate::controller::objects::quantity::Quantity;
+use crate::controller::objects::*;
+use crate::controller::store::ClusterState;
 use crate::core::metric::{Family, Sample};
 
 const STARTING: &[&str] = &["Provisioning", "Starting", "WaitingForVolumeBinding"];

@@ -11,8 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use super::objects::VirtualMachine;
-use super::{ClusterState, owned};
+use super::owned;
+use crate::controller::objects::VirtualMachine;
+use crate::controller::store::ClusterState;
 use crate::core::metric::{LabelName, Sample};
 
 pub struct LabelsConfig {

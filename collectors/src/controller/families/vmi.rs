@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use super::defs::*;
 use super::instancetype::{vmi_instancetype, vmi_preference};
-use super::objects::*;
-use super::{ClusterState, float, labels, push_unique, seconds};
+use super::{float, labels, push_unique, seconds};
+use crate::controller::objects::*;
+use crate::controller::store::ClusterState;
 use crate::core::metric::{Family, Sample};
 
 pub const MODEL_NONE: &str = "<none>";

@@ -33,7 +33,8 @@ pub use client::{ClientError, ClientPool, LauncherClient, RpcTimeouts};
 pub use discovery::{StaticVmis, Vmi, VmiLister, VmiSnapshot, WatchedVmis};
 pub use socket::SocketError;
 
-use crate::core::collect::{Problem, SourceReport, StatsSource, Trigger};
+use crate::core::collect::{Problem, Trigger};
+use crate::handler::source::{SourceReport, StatsSource};
 use crate::handler::stats::{DomainStats, VmiStats};
 use kubevirt_metrics_flags::HandlerArgs;
 

@@ -38,7 +38,8 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::core::collect::{Problem, SourceReport, StatsSource};
+use crate::core::collect::Problem;
+use crate::handler::source::{SourceReport, StatsSource};
 use crate::handler::stats::{DomainStats, VmiStats};
 use kubevirt_metrics_flags::HandlerArgs;
 

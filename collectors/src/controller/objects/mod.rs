@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::quantity::Quantity;
-use super::timestamp::Timestamp;
+pub mod quantity;
+pub mod timestamp;
+
+use quantity::Quantity;
+use timestamp::Timestamp;
 
 /// A field whose presence is all that matters (`masquerade: {}`).
 pub type Present = Option<IgnoredAny>;
