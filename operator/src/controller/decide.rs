@@ -254,17 +254,22 @@ pub fn converge(policy: &MetricsSidecarPolicy, seen: &Observed, inputs: &Inputs)
         }
     };
 
+    // One status line per enabled component, whatever was rolled back.
+    let components = |in_cr: &BTreeSet<String>, observed_only, rolled_back: &[RolledBack]| {
+        let (plan, workloads) = (&full_plan, &seen.workloads);
+        component_report(
+            settings,
+            plan,
+            workloads,
+            in_cr,
+            namespace,
+            observed_only,
+            rolled_back,
+        )
+    };
     if policy.spec.paused {
         let in_place = owned_in_cr(kv, seen.hco.as_ref(), &full_plan.owner);
-        let components = component_report(
-            settings,
-            &full_plan,
-            &seen.workloads,
-            &in_place,
-            namespace,
-            true,
-            &[],
-        );
+        let components = components(&in_place, true, &[]);
         let notice = Notice::normal(
             reasons::PAUSED,
             "Pause",
@@ -295,15 +300,7 @@ pub fn converge(policy: &MetricsSidecarPolicy, seen: &Observed, inputs: &Inputs)
         .iter()
         .map(|e| e.resource_name.clone())
         .collect();
-    let components = component_report(
-        settings,
-        &full_plan,
-        &seen.workloads,
-        &in_place,
-        namespace,
-        false,
-        &rolled_back,
-    );
+    let components = components(&in_place, false, &rolled_back);
     let waiting_for: Vec<Component> = components
         .iter()
         .filter(|(_, done)| !done)
