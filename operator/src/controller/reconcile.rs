@@ -103,7 +103,8 @@ pub async fn reconcile(
     result
 }
 
-/// Requeue after a failure; conflicts and API hiccups clear by themselves.
+/// Logs a failed reconcile (the only place it is logged) and requeues it after the error
+/// backoff; conflicts and API hiccups clear by themselves.
 pub fn error_policy(
     policy: Arc<MetricsSidecarPolicy>,
     error: &ReconcileError,
