@@ -1,6 +1,8 @@
-//! The writes: our entries into the KubeVirt CR's atomic `patches` list (or the
-//! HyperConverged annotation), with optimistic concurrency, and the server-side apply of the
-//! virt-operator Deployment. Nothing is sent when nothing would change.
+//! The writes of a `decide::Decision`, in its order ([`apply`]): our entries into the
+//! KubeVirt CR's atomic `patches` list (or the HyperConverged annotation), with optimistic
+//! concurrency, the server-side apply of the virt-operator Deployment, then the monitoring
+//! objects (`monitoring`). The decision plans only writes that change something; the
+//! optimistic writes check again on the copy they write to.
 //!
 //! Optimistic concurrency: the merge patch carries `metadata.resourceVersion` of the copy
 //! the change was computed from, so the API server refuses it with 409 Conflict if someone
@@ -16,9 +18,20 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::context::Context;
+use super::decide::{self, Applied, Decision, MonitoringStep, Write};
+use super::forbidden;
 use super::metrics::WriteTarget;
-use crate::api::{Component, HyperConverged, KUBEVIRT_JSONPATCH_ANNOTATION, KubeVirt};
-use crate::plan::{self, MARKER_ANNOTATION, Plan, PlanError};
+use super::monitoring;
+use super::observe;
+use super::reconcile::ReconcileError;
+use crate::api::{
+    Component, HyperConverged, KUBEVIRT_JSONPATCH_ANNOTATION, KubeVirt, MetricsSidecarPolicy,
+    MonitoringStatus,
+};
+use crate::plan::{self, Plan, PlanError};
+
+/// Kept here for the e2e checks that compare applied objects.
+pub use super::decide::json_subset;
 
 /// Errors of the write step.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +62,97 @@ impl ApplyError {
 pub struct Written<K> {
     pub object: Option<K>,
     pub wrote: bool,
+}
+
+/// Performs `decision`: its writes in order, then its monitoring step. Stops at the first
+/// error; a write error is `ReconcileError::Apply`.
+pub async fn apply(
+    ctx: &Context,
+    policy: &MetricsSidecarPolicy,
+    decision: &Decision,
+) -> Result<Applied, ReconcileError> {
+    let mut applied = Applied::default();
+    for write in &decision.writes {
+        applied.wrote.push(perform(ctx, write).await?);
+    }
+    match &decision.monitoring {
+        MonitoringStep::Untouched => {}
+        MonitoringStep::Converge {
+            plan,
+            kubevirt_version,
+        } => {
+            let outcome = converge_monitoring(ctx, policy, plan, kubevirt_version.as_deref());
+            applied.monitoring = Some(outcome.await?);
+        }
+        MonitoringStep::RemoveAll { namespace } => {
+            applied.removed = monitoring::remove_all(ctx, policy, namespace).await?;
+        }
+    }
+    Ok(applied)
+}
+
+/// One write; `Ok(true)` when it changed something.
+async fn perform(ctx: &Context, write: &Write) -> Result<bool, ReconcileError> {
+    let wrote = match write {
+        Write::KubeVirt { kubevirt: kv, plan } => kubevirt(ctx, kv, plan).await?.wrote,
+        Write::KubeVirtRemoval {
+            kubevirt: kv,
+            owner,
+        } => kubevirt_cleanup(ctx, kv, owner).await?.wrote,
+        Write::HyperConverged {
+            hyperconverged: hco,
+            owner,
+            entries,
+            ..
+        } => hyperconverged(ctx, hco, owner, entries).await?.wrote,
+        Write::VirtOperator { live, body } => {
+            ssa_deployment(ctx, live, body).await?;
+            true
+        }
+        Write::VirtOperatorRemoval { live } => {
+            virt_operator_removal(ctx, live).await?;
+            true
+        }
+        Write::VirtOperatorSweep { namespace, owner } => {
+            let workloads = observe::workloads(ctx, namespace)
+                .await
+                .map_err(ReconcileError::read("component workloads"))?;
+            match workloads.deployment(Component::VirtOperator) {
+                Some(live) if decide::holds_sidecar_of(live, owner) => {
+                    virt_operator_removal(ctx, live).await?;
+                    true
+                }
+                _ => false,
+            }
+        }
+    };
+    Ok(wrote)
+}
+
+/// The monitoring objects for `plan`. Only a 403 fails the reconcile (`forbidden` reports
+/// it as missing RBAC); any other failure is a note in the status, so the sidecars do not
+/// wait for the Prometheus Operator.
+async fn converge_monitoring(
+    ctx: &Context,
+    policy: &MetricsSidecarPolicy,
+    plan: &Plan,
+    kubevirt_version: Option<&str>,
+) -> Result<monitoring::Outcome, ReconcileError> {
+    match monitoring::converge(ctx, policy, kubevirt_version, plan).await {
+        Ok(outcome) => Ok(outcome),
+        Err(err) if forbidden::find(&err).is_some() => Err(err),
+        Err(err) => {
+            tracing::warn!(policy = %policy.name_any(), namespace = %plan.namespace, error = %err, "monitoring objects");
+            Ok(monitoring::Outcome {
+                status: MonitoringStatus {
+                    notes: vec![format!("monitoring objects not written: {err}")],
+                    ..Default::default()
+                },
+                waiting_for_crds: true,
+                wrote: false,
+            })
+        }
+    }
 }
 
 fn patch_params() -> PatchParams {
@@ -184,82 +288,11 @@ pub async fn hyperconverged(
     .await
 }
 
-/// Whether every field of `want` is in `have` with the same value. Objects may have more
-/// keys in `have` (API server defaults); arrays must match element by element.
-pub fn json_subset(want: &Value, have: &Value) -> bool {
-    match (want, have) {
-        (Value::Object(w), Value::Object(h)) => w
-            .iter()
-            .all(|(k, v)| h.get(k).is_some_and(|hv| json_subset(v, hv))),
-        (Value::Array(w), Value::Array(h)) => {
-            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| json_subset(a, b))
-        }
-        _ => want == have,
-    }
-}
-
-fn live_container<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
-    deployment
-        .pointer("/spec/template/spec/containers")?
-        .as_array()?
-        .iter()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
-}
-
-fn marker_of(deployment: &Value) -> Option<&str> {
-    deployment
-        .pointer("/spec/template/metadata/annotations")?
-        .get(MARKER_ANNOTATION)?
-        .as_str()
-}
-
-/// Server-side apply of our sidecar into virt-operator's Deployment, unless the live
-/// Deployment already has it (same container fields, our marker). `Ok(false)`: no write.
-pub async fn virt_operator(
-    ctx: &Context,
-    live: &Deployment,
-    body: &Value,
-) -> Result<bool, ApplyError> {
-    let live_json = serde_json::to_value(live).map_err(PlanError::Serialize)?;
-    let want_marker = body
-        .pointer("/spec/template/metadata/annotations")
-        .and_then(|a| a.get(MARKER_ANNOTATION));
-    let mut in_place = marker_of(&live_json)
-        .map(|m| Value::String(m.to_owned()))
-        .as_ref()
-        == want_marker;
-    if let Some(containers) = body
-        .pointer("/spec/template/spec/containers")
-        .and_then(Value::as_array)
-    {
-        for want in containers {
-            let name = want.get("name").and_then(Value::as_str).unwrap_or_default();
-            in_place &=
-                live_container(&live_json, name).is_some_and(|have| json_subset(want, have));
-        }
-    }
-    if in_place {
-        return Ok(false);
-    }
-    ssa_deployment(ctx, live, body).await?;
-    Ok(true)
-}
-
-/// Takes the sidecar of policy `owner` (our marker says whose it is) out of virt-operator's
-/// Deployment. All policies share one field manager, so the marker decides: a policy never
-/// removes another policy's sidecar.
-pub async fn virt_operator_cleanup(
-    ctx: &Context,
-    live: &Deployment,
-    owner: &str,
-) -> Result<bool, ApplyError> {
-    let live_json = serde_json::to_value(live).map_err(PlanError::Serialize)?;
-    if marker_of(&live_json) != Some(owner) {
-        return Ok(false);
-    }
+/// Takes the sidecar out of virt-operator's Deployment (the decision checked the marker:
+/// a policy never removes another policy's sidecar).
+async fn virt_operator_removal(ctx: &Context, live: &Deployment) -> Result<(), ApplyError> {
     let body = plan::virt_operator::removal_body(&live.namespace().unwrap_or_default());
-    ssa_deployment(ctx, live, &body).await?;
-    Ok(true)
+    ssa_deployment(ctx, live, &body).await
 }
 
 async fn ssa_deployment(ctx: &Context, live: &Deployment, body: &Value) -> Result<(), ApplyError> {
@@ -279,21 +312,4 @@ async fn ssa_deployment(ctx: &Context, live: &Deployment, body: &Value) -> Resul
         "applied"
     );
     Ok(())
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::json_subset;
-    use serde_json::json;
-
-    #[test]
-    fn subset_tolerates_server_defaults_but_not_changes() {
-        let want = json!({"name": "s", "args": ["--a"], "ports": [{"containerPort": 9443}]});
-        let have = json!({"name": "s", "args": ["--a"], "ports": [{"containerPort": 9443, "protocol": "TCP"}], "terminationMessagePath": "/dev/termination-log"});
-        assert!(json_subset(&want, &have));
-        assert!(!json_subset(&json!({"args": ["--a", "--b"]}), &have));
-        assert!(!json_subset(&json!({"name": "t"}), &have));
-        assert!(!json_subset(&json!({"image": "x"}), &have));
-    }
 }

@@ -1,16 +1,29 @@
-//! The controller: a kube-runtime `Controller` on MetricsSidecarPolicy, also triggered by
-//! KubeVirt CRs, HyperConverged CRs (when that CRD is served), other policies of the same
-//! namespace, and the component workloads (virt-handler DaemonSet; virt-controller,
-//! virt-api, virt-operator Deployments, selected by their `kubevirt.io` label) and their
-//! pods (a sidecar that crash-loops or stays unready is rolled back, see [`rollout`]).
+//! The controller: everything that runs inside `kubevirt-metrics-operator run`. It owns the
+//! reconcile loop of MetricsSidecarPolicy and its operational pieces; what a policy wants is
+//! planned by the pure `crate::plan`, not here.
 //!
-//! Layout: [`reconcile`] is the pipeline (observe → validate → plan → apply → status);
-//! [`target`], [`rollout`] and [`status`] hold its pure decisions; [`observe`] and [`apply`] its I/O;
-//! [`events`], [`metrics`], [`health`], [`leader`] the operational pieces; [`run`] wires
-//! them: HTTP endpoint, CRD check, discovery, leader election, controller, shutdown.
+//! A kube-runtime `Controller` on MetricsSidecarPolicy, also triggered by KubeVirt CRs,
+//! HyperConverged CRs (when that CRD is served), other policies of the same namespace, and
+//! the component workloads (virt-handler DaemonSet; virt-controller, virt-api,
+//! virt-operator Deployments, selected by their `kubevirt.io` label) and their pods (a
+//! sidecar that crash-loops or stays unready is rolled back, see [`rollout`]).
+//!
+//! One reconciliation is a pipeline, in this order ([`reconcile`]):
+//! 1. [`observe`]: every read, into one value;
+//! 2. [`decide`]: pure — the writes, the status report, the events, the requeue (using
+//!    [`target`], [`rollout`] and [`status`]);
+//! 3. [`apply`]: the writes, then the monitoring objects ([`monitoring`]);
+//! 4. `decide::settle`: pure — what the writes did, folded into the report;
+//! 5. `finish` (in [`reconcile`]): the only status write and event publication.
+//!
+//! Errors leave the pipeline to `reconcile`, which counts them ([`metrics`]) and reports a
+//! 403 on the policy ([`forbidden`]); `error_policy` logs them once and requeues.
+//! [`events`], [`health`], [`leader`] are the operational pieces; [`run`] wires them: HTTP
+//! endpoint, CRD check, discovery, leader election, controller, shutdown.
 
 pub mod apply;
 pub mod context;
+pub mod decide;
 pub mod events;
 pub mod forbidden;
 pub mod health;
@@ -267,9 +280,8 @@ async fn serve_controller(
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(policy = %object.name, "reconciled"),
-                Err(controller::Error::ReconcilerFailed(err, object)) => {
-                    tracing::warn!(policy = %object.name, error = %err, "reconcile failed")
-                }
+                // Logged once, by `error_policy`.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
                 Err(err) => tracing::warn!(error = %err, "controller error"),
             }
         })

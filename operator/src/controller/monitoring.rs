@@ -19,7 +19,7 @@ use super::apply::ApplyError;
 use super::context::Context;
 use super::metrics::WriteTarget;
 use super::reconcile::ReconcileError;
-use crate::api::{FIELD_MANAGER, KubeVirt, MetricsSidecarPolicy, MonitoringStatus};
+use crate::api::{FIELD_MANAGER, MetricsSidecarPolicy, MonitoringStatus};
 use crate::plan::Plan;
 use crate::plan::monitoring::{
     self, DesiredObject, MANAGED_BY_LABEL, MonitoringFacts, ObjectKind, ServedCrds,
@@ -32,10 +32,6 @@ pub struct Outcome {
     /// Something asked for waits for a CRD: look again soon.
     pub waiting_for_crds: bool,
     pub wrote: bool,
-}
-
-fn read(what: &'static str) -> impl FnOnce(kube::Error) -> ReconcileError {
-    move |source| ReconcileError::Read { what, source }
 }
 
 fn write(source: kube::Error) -> ReconcileError {
@@ -102,23 +98,26 @@ async fn kubevirt_network_policies(ctx: &Context, namespace: &str) -> Result<boo
         .any(|np| monitoring::is_kubevirt_network_policy(&np.name_any(), np.labels())))
 }
 
-/// Observes, plans and writes the monitoring objects of `policy` for `plan`.
+/// Observes, plans and writes the monitoring objects of `policy` for `plan` (`kubevirt_version`:
+/// the target's `status.observedKubeVirtVersion`). Its reads come after the CR writes of
+/// the same reconcile (the order the mock API tests fix), and the objects are compared with
+/// the live ones right before they are written, so this step observes for itself.
 pub async fn converge(
     ctx: &Context,
     policy: &MetricsSidecarPolicy,
-    kv: &KubeVirt,
+    kubevirt_version: Option<&str>,
     plan: &Plan,
 ) -> Result<Outcome, ReconcileError> {
     let namespace = plan.namespace.as_str();
-    let crds = served_crds(ctx)
-        .await
-        .map_err(read("API discovery of monitoring.coreos.com/v1"))?;
+    let crds = served_crds(ctx).await.map_err(ReconcileError::read(
+        "API discovery of monitoring.coreos.com/v1",
+    ))?;
     let facts = MonitoringFacts {
         crds,
         kubevirt_network_policies: kubevirt_network_policies(ctx, namespace)
             .await
-            .map_err(read("NetworkPolicies"))?,
-        kubevirt_version: kv.observed_version().map(str::to_owned),
+            .map_err(ReconcileError::read("NetworkPolicies"))?,
+        kubevirt_version: kubevirt_version.map(str::to_owned),
     };
     let planned = monitoring::plan(policy, plan, &facts)?;
     let mut wrote = false;
@@ -168,7 +167,7 @@ async fn sync_kind(
 ) -> Result<bool, ReconcileError> {
     let live = owned(ctx, namespace, kind, policy)
         .await
-        .map_err(read("monitoring objects"))?;
+        .map_err(ReconcileError::read("monitoring objects"))?;
     let live_hash: BTreeMap<String, Option<String>> = live
         .iter()
         .map(|o| {
@@ -228,14 +227,14 @@ pub async fn remove_all(
     policy: &MetricsSidecarPolicy,
     namespace: &str,
 ) -> Result<Vec<String>, ReconcileError> {
-    let crds = served_crds(ctx)
-        .await
-        .map_err(read("API discovery of monitoring.coreos.com/v1"))?;
+    let crds = served_crds(ctx).await.map_err(ReconcileError::read(
+        "API discovery of monitoring.coreos.com/v1",
+    ))?;
     let mut removed = Vec::new();
     for kind in ObjectKind::ALL.into_iter().filter(|k| crds.serves(*k)) {
         let live = owned(ctx, namespace, kind, policy)
             .await
-            .map_err(read("monitoring objects"))?;
+            .map_err(ReconcileError::read("monitoring objects"))?;
         let api = api_for(ctx, namespace, kind);
         for object in live {
             let name = object.name_any();
