@@ -1,5 +1,5 @@
 //! Golden tests of virt-handler's families: launcher payloads (`testdata/launcher-payloads/`)
-//! → `wire` → `families::handler` (with the migration history, pass by pass) → Prometheus
+//! → `handler::launcher::payload` → `handler::families` (with the migration history, pass by pass) → Prometheus
 //! text, compared byte for byte with `testdata/golden/handler/`. `UPDATE_GOLDEN=1` rewrites
 //! the golden files. The family table is also checked against KubeVirt's metric list
 //! (`testdata/kubevirt-metrics.tsv`) and every golden against `promtool check metrics`.

@@ -2,7 +2,7 @@
 //! component's text exposition. Generated input, malformed on purpose or not: no panic;
 //! malformed input is an error value (for the parser: naming a line that exists); well-formed
 //! input loses nothing. (The libvirt typed-parameter decoder's properties live next to it,
-//! in `src/sources/libvirt/decode.rs`: the module is private.)
+//! in `src/handler/libvirt/decode.rs`: the module is private.)
 
 #![allow(clippy::unwrap_used)]
 

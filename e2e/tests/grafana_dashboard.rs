@@ -3,7 +3,7 @@
 //! template variable must be one of:
 //! - a KubeVirt family our collectors export: in KubeVirt's metric list
 //!   (`testdata/kubevirt-metrics.tsv`) and exported by virt-handler-metrics
-//!   (`families::handler::FAMILIES`) or virt-controller-metrics (the families in its golden
+//!   (`handler::families::FAMILIES`) or virt-controller-metrics (the families in its golden
 //!   expositions, `testdata/golden/controller/*.prom`);
 //! - one of our self-metrics (`kubevirt_metrics_sidecar_*`, histogram suffixes included),
 //!   or `up`;

@@ -2,7 +2,7 @@
 //!
 //! [`ControllerCollector`] watches what virt-controller computes its cluster metrics from
 //! ([`watch`]) and renders them with [`crate::controller::families::render`] once per
-//! collection, but only on the pod whose virt-controller leads ([`lease`]).
+//! collection, but only on the pod whose virt-controller leads ([`crate::k8s::lease`]).
 //!
 //! # The leader rule, and a leader change
 //!

@@ -24,8 +24,8 @@
 //! would stall KubeVirt's rollout.
 //!
 //! Passes run on the interval tick, and also ahead of it: when the collector's [`Trigger`]
-//! fires (the VMI watch has synced, a VMI started; coalesced over [`TRIGGER_DEBOUNCE`]), and
-//! while a component check is owed (with backoff). Those extra passes keep [`MIN_PASS_GAP`]
+//! fires (the VMI watch has synced, a VMI started; coalesced over `TRIGGER_DEBOUNCE`), and
+//! while a component check is owed (with backoff). Those extra passes keep `MIN_PASS_GAP`
 //! from the previous one.
 //!
 //! Complement mode withholds every family the component has served at any successful check

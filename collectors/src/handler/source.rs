@@ -20,7 +20,7 @@ pub struct SourceReport {
 pub trait StatsSource: Send + Sync + 'static {
     fn collect(&self, deadline: Instant) -> BoxFuture<'_, SourceReport>;
 
-    /// See [`Collector::trigger`].
+    /// See [`crate::core::collect::Collector::trigger`].
     fn trigger(&self) -> Option<Trigger> {
         None
     }

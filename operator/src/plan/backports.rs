@@ -39,8 +39,6 @@ use super::promql;
 
 /// The releases the data covers, oldest first.
 pub const RELEASES: [&str; 6] = ["v1.4.1", "v1.5.3", "v1.6.6", "v1.7.4", "v1.8.4", "v1.9.0"];
-/// The release whose rules are backported.
-pub const SOURCE_RELEASE: &str = "v1.9.0";
 
 const RULES_TSV: &str = include_str!("../../data/kubevirt-releases/rules.tsv");
 const METRICS_TSV: &str = include_str!("../../data/kubevirt-releases/metrics.tsv");

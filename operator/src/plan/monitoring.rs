@@ -99,11 +99,6 @@ impl ObjectKind {
             (group, version, _) => format!("{group}/{version}"),
         }
     }
-
-    /// Whether the kind comes from the prometheus-operator CRDs.
-    pub fn from_prometheus_operator(self) -> bool {
-        self.gvr().0 == "monitoring.coreos.com"
-    }
 }
 
 /// Which prometheus-operator kinds the API server serves (API discovery).

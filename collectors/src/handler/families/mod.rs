@@ -7,7 +7,7 @@
 //!
 //! Rules copied from KubeVirt's code, including its quirks:
 //! - Per-VMI series carry `node`, `namespace`, `name` and one `kubernetes_vmi_label_<key>`
-//!   per VMI label ([`super::vmi_label_name`]). Migration series carry only `namespace`,
+//!   per VMI label ([`crate::core::labels::vmi_label_name`]). Migration series carry only `namespace`,
 //!   `name`, `node`. Labels are sorted by name (client_golang's order).
 //! - All of these are operatormetrics const labels, so a label whose value is empty is left
 //!   out (an empty `node`, a VMI label with an empty value, an empty interface alias...).

@@ -1,4 +1,4 @@
-//! KubeVirt's launcher payloads (JSON with Go field names and `...Set` flags) → [`crate::model`].
+//! KubeVirt's launcher payloads (JSON with Go field names and `...Set` flags) → [`crate::handler::stats`].
 //! Pure code, shared by the launcher source and the golden tests.
 //!
 //! `GetDomainStats` carries `stats.DomainStats` (`pkg/virt-launcher/virtwrap/stats/types.go`)
