@@ -50,8 +50,9 @@ use kubevirt_metrics_collectors::handler::launcher::proto::info::{
     CmdInfoRequest, cmd_info_client::CmdInfoClient,
 };
 use kubevirt_metrics_collectors::handler::launcher::{
-    LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, Vmi, socket,
+    LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, socket,
 };
+use kubevirt_metrics_collectors::k8s::objects::VirtualMachineInstance;
 use kubevirt_metrics_flags::{CommonArgs, Mode};
 use support::*;
 
@@ -238,7 +239,7 @@ fn peer_vmis(args: &Args, n: usize) -> serde_json::Value {
     list["items"].clone()
 }
 
-fn parse_vmis(items: &serde_json::Value) -> Vec<Vmi> {
+fn parse_vmis(items: &serde_json::Value) -> Vec<VirtualMachineInstance> {
     serde_json::from_value(items.clone()).unwrap_or_else(|e| fail(&format!("VMIs: {e}")))
 }
 
@@ -252,7 +253,7 @@ fn settings(pods_dir: &Path) -> LauncherSettings {
     }
 }
 
-fn source(vmis: &[Vmi], pods_dir: &Path) -> LauncherSource {
+fn source(vmis: &[VirtualMachineInstance], pods_dir: &Path) -> LauncherSource {
     LauncherSource::with_lister(Arc::new(StaticVmis::new(vmis.to_vec())), settings(pods_dir))
 }
 
@@ -698,7 +699,7 @@ fn print_summary(rows: &[Row], growth: &[(f64, Memory)]) {
 async fn loop_only(
     kind: &str,
     passes: usize,
-    vmis: &[Vmi],
+    vmis: &[VirtualMachineInstance],
     pods_dir: &Path,
     sockets: &[PathBuf],
     n: usize,

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use fake_launcher::{Calls, FakeLauncher, Reply, Script};
 use kubevirt_metrics_collectors::handler::launcher::{
-    LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, Vmi,
+    LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis,
 };
 use kubevirt_metrics_collectors::handler::{SourceReport, StatsSource};
+use kubevirt_metrics_collectors::k8s::objects::VirtualMachineInstance;
 use tokio::time::Instant;
 
 const NODE: &str = "node-1";
@@ -43,7 +44,7 @@ fn pods_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
-fn vmi(namespace: &str, name: &str, pod_uid: &str, phase: &str) -> Vmi {
+fn vmi(namespace: &str, name: &str, pod_uid: &str, phase: &str) -> VirtualMachineInstance {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "kubevirt.io/v1",
         "kind": "VirtualMachineInstance",
@@ -66,7 +67,11 @@ fn settings(pods: &Path, vmi_timeout: Duration) -> LauncherSettings {
     }
 }
 
-fn source(pods: &Path, vmis: Vec<Vmi>, vmi_timeout: Duration) -> (LauncherSource, Arc<StaticVmis>) {
+fn source(
+    pods: &Path,
+    vmis: Vec<VirtualMachineInstance>,
+    vmi_timeout: Duration,
+) -> (LauncherSource, Arc<StaticVmis>) {
     let lister = Arc::new(StaticVmis::new(vmis));
     let source = LauncherSource::with_lister(lister.clone(), settings(pods, vmi_timeout));
     (source, lister)
@@ -580,13 +585,13 @@ async fn sockets_are_found_like_virt_handler_does() {
     let pods = pods_dir();
     let _testvm = testvm_launcher(pods.path());
     let _db = db_launcher(pods.path());
-    let two_pods_here: Vmi = serde_json::from_value(serde_json::json!({
+    let two_pods_here: VirtualMachineInstance = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "moving", "namespace": "prod"},
         "status": {"phase": "Running", "nodeName": NODE,
                    "activePods": {POD_TESTVM: NODE, POD_DB: NODE}}
     }))
     .unwrap();
-    let elsewhere: Vmi = serde_json::from_value(serde_json::json!({
+    let elsewhere: VirtualMachineInstance = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "away", "namespace": "prod"},
         "status": {"phase": "Running", "nodeName": "node-2", "activePods": {POD_DB: "node-2"}}
     }))

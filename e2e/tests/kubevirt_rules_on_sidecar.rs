@@ -38,8 +38,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use kubevirt_metrics_collectors::core::runtime::{self, Running};
 use kubevirt_metrics_collectors::handler::VmiCollector;
 use kubevirt_metrics_collectors::handler::launcher::{
-    LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, Vmi,
+    LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis,
 };
+use kubevirt_metrics_collectors::k8s::objects::VirtualMachineInstance;
 use kubevirt_metrics_flags::{CommonArgs, Mode};
 use support::kubevirt_peer::{self, NODE};
 
@@ -415,7 +416,7 @@ async fn start_sidecar(
     mode: Mode,
     component_url: &str,
 ) -> anyhow::Result<Running> {
-    let vmis: Vec<Vmi> = vmis
+    let vmis: Vec<VirtualMachineInstance> = vmis
         .iter()
         .map(|v| serde_json::from_value(v.clone()))
         .collect::<Result<_, _>>()?;

@@ -25,7 +25,6 @@
 //! read the sidecar does not export. `--ignore-leadership` exports regardless (one replica).
 
 pub mod families;
-pub mod objects;
 pub mod store;
 pub mod watch;
 

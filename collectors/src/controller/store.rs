@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::de::DeserializeOwned;
 
-use crate::controller::objects::*;
+use crate::k8s::objects::{self, DecodeError, *};
 
 /// The kinds of objects the controller collector watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,38 +91,20 @@ pub struct ClusterState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot decode {kind} {key}: {source}")]
-    Decode {
-        kind: &'static str,
-        key: String,
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
     #[error("unknown kind {0:?}")]
     UnknownKind(String),
 }
 
+/// Decodes one object and slims it to what the families read.
 fn decode<T: DeserializeOwned + Slim>(
     kind: ObjectKind,
     value: serde_json::Value,
 ) -> Result<T, StateError> {
-    let key = key_of(&value);
-    let mut object: T = serde_json::from_value(value).map_err(|source| StateError::Decode {
-        kind: kind.as_str(),
-        key,
-        source,
-    })?;
+    let mut object: T = objects::decode(kind.as_str(), value)?;
     object.slim();
     Ok(object)
-}
-
-fn key_of(value: &serde_json::Value) -> String {
-    let field = |f: &str| {
-        value
-            .pointer(&format!("/metadata/{f}"))
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-    };
-    object_key(field("namespace"), field("name"))
 }
 
 impl ClusterState {

@@ -18,9 +18,9 @@ use kube::{Api, Client};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::objects::{VM_LABELS_CONFIG_MAP, object_key};
 use crate::controller::store::{ClusterState, ObjectKind, StateError};
 use crate::core::collect::Problem;
+use crate::k8s::objects::{VM_LABELS_CONFIG_MAP, object_key, to_json};
 use crate::k8s::status_kind;
 
 /// Where a kind is listed from.
@@ -320,7 +320,9 @@ fn apply_object(
         object.metadata.namespace.as_deref().unwrap_or_default(),
         object.metadata.name.as_deref().unwrap_or_default(),
     );
-    let result = to_json(object).and_then(|value| state.apply(kind, value));
+    let result = to_json(object)
+        .map_err(StateError::from)
+        .and_then(|value| state.apply(kind, value));
     match result {
         Ok(()) => {
             undecodable.remove(&(kind, key));
@@ -337,26 +339,6 @@ fn apply_object(
             );
         }
     }
-}
-
-/// The object as the API served it, as JSON (`managedFields` dropped: never read, often big).
-fn to_json(object: DynamicObject) -> Result<serde_json::Value, StateError> {
-    let DynamicObject {
-        mut metadata, data, ..
-    } = object;
-    metadata.managed_fields = None;
-    let mut value = data;
-    let metadata = serde_json::to_value(metadata).map_err(|source| StateError::Decode {
-        kind: "metadata",
-        key: String::new(),
-        source,
-    })?;
-    if let serde_json::Value::Object(map) = &mut value {
-        map.insert("metadata".to_owned(), metadata);
-    } else {
-        value = serde_json::json!({ "metadata": metadata });
-    }
-    Ok(value)
 }
 
 fn record_error(kind: ObjectKind, error: &watcher::Error, shared: &RwLock<Shared>) {

@@ -1,7 +1,10 @@
-//! The little the collectors read from the Kubernetes API besides their watches: who holds a
-//! leader Lease ([`lease`]) and short names for API errors, used as self-metric labels.
+//! What the collectors share about the Kubernetes API: KubeVirt's and Kubernetes' objects
+//! slimmed to what metrics read ([`objects`], decoded the same way for virt-handler's VMI
+//! discovery and virt-controller's store), who holds a leader Lease ([`lease`]), and short
+//! names for API errors, used as self-metric labels.
 
 pub mod lease;
+pub mod objects;
 
 /// A short kind for a Kubernetes API error: `forbidden` (RBAC), `not_found`, `unauthorized`,
 /// `api` (any other status), `connect` (no answer at all).

@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 
 use super::ClusterState;
-use crate::controller::objects::quantity::Quantity;
-use crate::controller::objects::*;
+use crate::k8s::objects::quantity::Quantity;
+use crate::k8s::objects::*;
 
 pub const OTHER: &str = "<other>";
 

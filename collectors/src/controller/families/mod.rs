@@ -29,9 +29,9 @@ mod vmi;
 
 use std::borrow::Cow;
 
-use crate::controller::objects::timestamp;
 use crate::controller::store::ClusterState;
 use crate::core::metric::{Family, LabelName, Labels, Sample};
+use crate::k8s::objects::timestamp;
 pub use defs::RENDERED;
 
 /// Renders every family virt-controller computes from `state`, in [`RENDERED`] order.

@@ -4,10 +4,10 @@ use super::defs::*;
 use super::instancetype::{effective_spec, vm_instancetype, vm_preference};
 use super::vmi::{MODEL_NONE, push_vnics};
 use super::{float, labels, push_unique, seconds, vm_labels};
-use crate::controller::objects::quantity::Quantity;
-use crate::controller::objects::*;
 use crate::controller::store::ClusterState;
 use crate::core::metric::{Family, Sample};
+use crate::k8s::objects::quantity::Quantity;
+use crate::k8s::objects::*;
 
 const STARTING: &[&str] = &["Provisioning", "Starting", "WaitingForVolumeBinding"];
 const RUNNING: &[&str] = &["Running"];

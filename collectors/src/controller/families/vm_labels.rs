@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 
 use super::owned;
-use crate::controller::objects::VirtualMachine;
 use crate::controller::store::ClusterState;
 use crate::core::metric::{LabelName, Sample};
+use crate::k8s::objects::VirtualMachine;
 
 pub struct LabelsConfig {
     allowlist: Vec<String>,

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use super::defs::*;
 use super::instancetype::{vmi_instancetype, vmi_preference};
 use super::{float, labels, push_unique, seconds};
-use crate::controller::objects::*;
 use crate::controller::store::ClusterState;
 use crate::core::metric::{Family, Sample};
+use crate::k8s::objects::*;
 
 pub const MODEL_NONE: &str = "<none>";
 

@@ -1,115 +1,30 @@
 //! Which VMIs run on this node, from a watch on the Kubernetes API.
 //!
 //! virt-handler's metrics use an informer on VMIs labelled `kubevirt.io/nodeName=<node>`;
-//! we keep the same watch (a kube-rs reflector) with a VMI type that holds only the fields
-//! a collector needs, so the cache stays small on nodes with many VMIs. Everything that
-//! needs VMIs goes through [`VmiLister`], so tests hand in a fixed list instead of an API
-//! server.
+//! we keep the same watch, decoded into the collectors' one slim VMI type
+//! ([`VirtualMachineInstance`], slimmed further with
+//! [`VirtualMachineInstance::slim_for_discovery`]) the way virt-controller-metrics decodes its
+//! watches, so the cache stays small on nodes with many VMIs and a VMI that does not decode
+//! is skipped and reported instead of stalling the watch. Everything that needs VMIs goes
+//! through [`VmiLister`], so tests hand in a fixed list instead of an API server.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::runtime::reflector::{self, Store};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
-use serde::Deserialize;
 
 use crate::core::collect::{Problem, Trigger};
 use crate::handler::stats::VmiIdentity;
+use crate::k8s::objects::{self, VirtualMachineInstance};
 
 /// The label KubeVirt puts on a VMI with the node it runs on.
 pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 
-/// A `kubevirt.io/v1` VirtualMachineInstance, reduced to what metrics need.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Vmi {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub status: VmiStatus,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VmiStatus {
-    #[serde(default)]
-    pub phase: Option<String>,
-    #[serde(default)]
-    pub node_name: Option<String>,
-    /// Pod UID → node name of every pod that currently belongs to the VMI.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub active_pods: BTreeMap<String, String>,
-    #[serde(default)]
-    pub migration_state: Option<MigrationState>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MigrationState {
-    #[serde(default)]
-    pub start_timestamp: Option<String>,
-    #[serde(default)]
-    pub completed: bool,
-    #[serde(default)]
-    pub failed: bool,
-}
-
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
-}
-
-impl kube::Resource for Vmi {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-        "VirtualMachineInstance".into()
-    }
-    fn group(_: &()) -> std::borrow::Cow<'_, str> {
-        "kubevirt.io".into()
-    }
-    fn version(_: &()) -> std::borrow::Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-        "virtualmachineinstances".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-impl Vmi {
-    pub fn namespace(&self) -> &str {
-        self.metadata.namespace.as_deref().unwrap_or_default()
-    }
-
-    pub fn name(&self) -> &str {
-        self.metadata.name.as_deref().unwrap_or_default()
-    }
-
-    /// `namespace/name`, for logs and problems.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace(), self.name())
-    }
-
-    pub fn phase(&self) -> &str {
-        self.status.phase.as_deref().unwrap_or_default()
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.phase() == "Running"
-    }
-
+/// What the launcher source asks of a VMI, on the collectors' one VMI type.
+impl VirtualMachineInstance {
     /// KubeVirt asks for a dirty rate only for running VMIs that are not migrating: the
     /// calculation needs a running guest and would collide with a migration, which reports
     /// its own dirty rate. A migration is active once it has a start time and has neither
@@ -134,16 +49,17 @@ impl Vmi {
     /// The identity labels of this VMI's series; `node` is `status.nodeName`, or
     /// `fallback_node` while the status has none.
     pub fn identity(&self, fallback_node: &str) -> VmiIdentity {
+        let node = &self.status.node_name;
         VmiIdentity {
-            namespace: self.namespace().to_owned(),
-            name: self.name().to_owned(),
-            node: self
-                .status
-                .node_name
-                .clone()
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| fallback_node.to_owned()),
-            labels: self.metadata.labels.clone().unwrap_or_default(),
+            namespace: self.metadata.namespace.clone(),
+            name: self.metadata.name.clone(),
+            node: if node.is_empty() { fallback_node } else { node }.to_owned(),
+            labels: self
+                .metadata
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -151,7 +67,7 @@ impl Vmi {
 /// The VMIs of this node at one moment, plus whatever is wrong with knowing them.
 #[derive(Debug, Default)]
 pub struct VmiSnapshot {
-    pub vmis: Vec<Arc<Vmi>>,
+    pub vmis: Vec<Arc<VirtualMachineInstance>>,
     pub problems: Vec<Problem>,
 }
 
@@ -169,17 +85,17 @@ pub trait VmiLister: Send + Sync + 'static {
 /// A list set by hand: for tests, and for callers that discover VMIs some other way.
 #[derive(Debug, Default)]
 pub struct StaticVmis {
-    vmis: Mutex<Vec<Arc<Vmi>>>,
+    vmis: Mutex<Vec<Arc<VirtualMachineInstance>>>,
 }
 
 impl StaticVmis {
-    pub fn new(vmis: Vec<Vmi>) -> Self {
+    pub fn new(vmis: Vec<VirtualMachineInstance>) -> Self {
         let lister = Self::default();
         lister.set(vmis);
         lister
     }
 
-    pub fn set(&self, vmis: Vec<Vmi>) {
+    pub fn set(&self, vmis: Vec<VirtualMachineInstance>) {
         let vmis = vmis.into_iter().map(Arc::new).collect();
         *self.vmis.lock().unwrap_or_else(PoisonError::into_inner) = vmis;
     }
@@ -201,32 +117,43 @@ impl VmiLister for StaticVmis {
 /// The node's VMIs kept current by a watch; the watch retries with backoff forever and
 /// is stopped when this is dropped.
 pub struct WatchedVmis {
-    store: Store<Vmi>,
+    state: Arc<Mutex<WatchState>>,
     synced: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
     trigger: Trigger,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The VMIs by key, a relist being gathered, and the objects that did not decode.
+#[derive(Default)]
+struct WatchState {
+    vmis: HashMap<String, Arc<VirtualMachineInstance>>,
+    relist: Option<HashMap<String, Arc<VirtualMachineInstance>>>,
+    undecodable: HashMap<String, Problem>,
+}
+
 impl WatchedVmis {
     /// Starts watching the VMIs labelled with `node_name`. Must be called inside a tokio
     /// runtime.
     pub fn start(client: kube::Client, node_name: &str) -> Self {
-        let api: kube::Api<Vmi> = kube::Api::all(client);
+        let gvk = GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance");
+        let resource = ApiResource::from_gvk_with_plural(&gvk, "virtualmachineinstances");
+        let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &resource);
         let config = watcher::Config::default().labels(&format!("{NODE_NAME_LABEL}={node_name}"));
-        let (store, writer) = reflector::store();
+        let state = Arc::new(Mutex::new(WatchState::default()));
         let synced = Arc::new(AtomicBool::new(false));
         let last_error = Arc::new(Mutex::new(None));
-        let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
+        let events = watcher(api, config).default_backoff();
         let trigger = Trigger::new();
         let task = tokio::spawn(follow(
             events,
+            Arc::clone(&state),
             Arc::clone(&synced),
             Arc::clone(&last_error),
             trigger.clone(),
         ));
         Self {
-            store,
+            state,
             synced,
             last_error,
             trigger,
@@ -236,7 +163,8 @@ impl WatchedVmis {
 }
 
 async fn follow(
-    events: impl futures::Stream<Item = Result<watcher::Event<Vmi>, watcher::Error>>,
+    events: impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>>,
+    state: Arc<Mutex<WatchState>>,
     synced: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
     trigger: Trigger,
@@ -244,16 +172,19 @@ async fn follow(
     let mut events = std::pin::pin!(events);
     let mut running = RunningVmis::default();
     while let Some(event) = events.next().await {
-        if running.observe(&event) {
-            trigger.fire();
-        }
         match event {
-            Ok(watcher::Event::InitDone) => {
-                if !synced.swap(true, Ordering::Relaxed) {
+            Ok(event) => {
+                let event = decode_event(event, &state);
+                if running.observe(&event) {
+                    trigger.fire();
+                }
+                if matches!(event, watcher::Event::InitDone)
+                    && !synced.swap(true, Ordering::Relaxed)
+                {
                     tracing::info!("VMI watch synced");
                 }
+                apply(event, &state);
             }
-            Ok(_) => {}
             Err(err) => {
                 let message = err.to_string();
                 let mut slot = last_error.lock().unwrap_or_else(PoisonError::into_inner);
@@ -264,6 +195,85 @@ async fn follow(
                 *slot = Some(message);
             }
         }
+    }
+}
+
+/// The event with its object decoded; an object that does not decode is recorded as a
+/// problem and its event becomes `None` (the previous version, if any, is kept).
+fn decode_event(
+    event: watcher::Event<DynamicObject>,
+    state: &Mutex<WatchState>,
+) -> watcher::Event<Option<Arc<VirtualMachineInstance>>> {
+    let decode = |object: DynamicObject| {
+        let key = objects::object_key(
+            object.metadata.namespace.as_deref().unwrap_or_default(),
+            object.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let decoded = objects::to_json(object).and_then(|value| {
+            objects::decode::<VirtualMachineInstance>("VirtualMachineInstance", value)
+        });
+        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        match decoded {
+            Ok(mut vmi) => {
+                state.undecodable.remove(&key);
+                vmi.slim_for_discovery();
+                Some(Arc::new(vmi))
+            }
+            Err(error) => {
+                state.undecodable.insert(
+                    key.clone(),
+                    Problem {
+                        source: "kubernetes",
+                        kind: "decode",
+                        target: format!("VirtualMachineInstance {key}"),
+                        message: error.to_string(),
+                    },
+                );
+                None
+            }
+        }
+    };
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(decode(object)),
+        watcher::Event::Apply(object) => watcher::Event::Apply(decode(object)),
+        watcher::Event::Delete(object) => {
+            let key = objects::object_key(
+                object.metadata.namespace.as_deref().unwrap_or_default(),
+                object.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.undecodable.remove(&key);
+            watcher::Event::Delete(state.vmis.get(&key).cloned())
+        }
+    }
+}
+
+/// Keeps the store as the watch tells: a relist is gathered and swapped in at once.
+fn apply(event: watcher::Event<Option<Arc<VirtualMachineInstance>>>, state: &Mutex<WatchState>) {
+    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+    match event {
+        watcher::Event::Init => state.relist = Some(HashMap::new()),
+        watcher::Event::InitApply(Some(vmi)) => {
+            state
+                .relist
+                .get_or_insert_with(HashMap::new)
+                .insert(vmi.key(), vmi);
+        }
+        watcher::Event::InitDone => {
+            let fresh = state.relist.take().unwrap_or_default();
+            state.vmis = fresh;
+        }
+        watcher::Event::Apply(Some(vmi)) => {
+            state.vmis.insert(vmi.key(), vmi);
+        }
+        watcher::Event::Delete(Some(vmi)) => {
+            state.vmis.remove(&vmi.key());
+        }
+        watcher::Event::InitApply(None)
+        | watcher::Event::Apply(None)
+        | watcher::Event::Delete(None) => {}
     }
 }
 
@@ -279,12 +289,9 @@ struct RunningVmis {
 
 impl RunningVmis {
     /// Whether `event` makes a collection worthwhile now.
-    fn observe<E>(&mut self, event: &Result<watcher::Event<Vmi>, E>) -> bool {
-        let Ok(event) = event else {
-            return false;
-        };
+    fn observe(&mut self, event: &watcher::Event<Option<Arc<VirtualMachineInstance>>>) -> bool {
         match event {
-            watcher::Event::Apply(vmi) => {
+            watcher::Event::Apply(Some(vmi)) => {
                 if vmi.is_running() {
                     self.running.insert(vmi.key())
                 } else {
@@ -292,7 +299,7 @@ impl RunningVmis {
                     false
                 }
             }
-            watcher::Event::Delete(vmi) => {
+            watcher::Event::Delete(Some(vmi)) => {
                 self.running.remove(&vmi.key());
                 false
             }
@@ -300,7 +307,7 @@ impl RunningVmis {
                 self.relisting.clear();
                 false
             }
-            watcher::Event::InitApply(vmi) => {
+            watcher::Event::InitApply(Some(vmi)) => {
                 if vmi.is_running() {
                     self.relisting.insert(vmi.key());
                 }
@@ -310,6 +317,9 @@ impl RunningVmis {
                 self.running = std::mem::take(&mut self.relisting);
                 true
             }
+            watcher::Event::InitApply(None)
+            | watcher::Event::Apply(None)
+            | watcher::Event::Delete(None) => false,
         }
     }
 }
@@ -342,8 +352,10 @@ impl VmiLister for WatchedVmis {
                 message: "the VMI list has not been received yet".to_owned(),
             });
         }
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        problems.extend(state.undecodable.values().cloned());
         VmiSnapshot {
-            vmis: self.store.state(),
+            vmis: state.vmis.values().cloned().collect(),
             problems,
         }
     }
@@ -360,8 +372,10 @@ impl Drop for WatchedVmis {
 mod tests {
     use super::*;
 
-    fn vmi(json: serde_json::Value) -> Vmi {
-        serde_json::from_value(json).unwrap()
+    fn vmi(json: serde_json::Value) -> VirtualMachineInstance {
+        let mut vmi: VirtualMachineInstance = serde_json::from_value(json).unwrap();
+        vmi.slim_for_discovery();
+        vmi
     }
 
     #[test]
@@ -396,8 +410,16 @@ mod tests {
             )
         };
         let mut running = RunningVmis::default();
-        let mut observe =
-            |event: watcher::Event<Vmi>| running.observe(&Ok::<_, watcher::Error>(event));
+        let mut observe = |event: watcher::Event<VirtualMachineInstance>| {
+            let wrap = |vmi| Some(Arc::new(vmi));
+            running.observe(&match event {
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitDone => watcher::Event::InitDone,
+                watcher::Event::InitApply(vmi) => watcher::Event::InitApply(wrap(vmi)),
+                watcher::Event::Apply(vmi) => watcher::Event::Apply(wrap(vmi)),
+                watcher::Event::Delete(vmi) => watcher::Event::Delete(wrap(vmi)),
+            })
+        };
         assert!(!observe(watcher::Event::Init));
         assert!(!observe(watcher::Event::InitApply(with_phase(
             "a", "Running"

@@ -30,12 +30,13 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 pub use client::{ClientError, ClientPool, LauncherClient, RpcTimeouts};
-pub use discovery::{StaticVmis, Vmi, VmiLister, VmiSnapshot, WatchedVmis};
+pub use discovery::{StaticVmis, VmiLister, VmiSnapshot, WatchedVmis};
 pub use socket::SocketError;
 
 use crate::core::collect::{Problem, Trigger};
 use crate::handler::source::{SourceReport, StatsSource};
 use crate::handler::stats::{DomainStats, VmiStats};
+use crate::k8s::objects::VirtualMachineInstance;
 use kubevirt_metrics_flags::HandlerArgs;
 
 /// The `source` of every problem this module reports about a launcher.
@@ -147,7 +148,7 @@ impl LauncherSource {
                     if vmi.is_running() || matches!(err, SocketError::Unresponsive { .. }) {
                         report.problems.push(problem(&vmi, err.kind(), &err));
                     } else {
-                        tracing::debug!(vmi = %vmi.key(), phase = vmi.phase(), %err, "no launcher socket");
+                        tracing::debug!(vmi = %vmi.key(), phase = %vmi.status.phase, %err, "no launcher socket");
                     }
                 }
             }
@@ -155,7 +156,7 @@ impl LauncherSource {
         self.pool.retain(&live_sockets);
 
         let cutoff = vmi_cutoff(deadline);
-        let mut pending: BTreeMap<usize, Arc<Vmi>> = jobs
+        let mut pending: BTreeMap<usize, Arc<VirtualMachineInstance>> = jobs
             .iter()
             .enumerate()
             .map(|(i, (vmi, _))| (i, Arc::clone(vmi)))
@@ -193,7 +194,7 @@ impl LauncherSource {
         report
     }
 
-    fn find_socket(&self, vmi: &Vmi) -> Result<PathBuf, SocketError> {
+    fn find_socket(&self, vmi: &VirtualMachineInstance) -> Result<PathBuf, SocketError> {
         socket::find_socket(
             &self.settings.pods_dir,
             &self.settings.node_name,
@@ -202,7 +203,12 @@ impl LauncherSource {
     }
 
     /// Everything one VMI's launcher has to say, by `deadline`.
-    async fn scrape(&self, vmi: &Vmi, socket: &Path, deadline: Instant) -> Outcome {
+    async fn scrape(
+        &self,
+        vmi: &VirtualMachineInstance,
+        socket: &Path,
+        deadline: Instant,
+    ) -> Outcome {
         if deadline <= Instant::now() {
             return Outcome::problem(problem(vmi, "timeout", "no time left in the pass to ask"));
         }
@@ -324,12 +330,12 @@ impl Outcome {
 
     /// The launcher answered but has no domain: normal while a VMI starts or stops
     /// (virt-handler ignores it then), worth counting for a VMI that claims to run.
-    fn no_domain(&mut self, vmi: &Vmi) {
+    fn no_domain(&mut self, vmi: &VirtualMachineInstance) {
         if vmi.is_running() {
             self.problems
                 .push(problem(vmi, "no_domain", "the launcher reports no domain"));
         } else {
-            tracing::debug!(vmi = %vmi.key(), phase = vmi.phase(), "launcher has no domain");
+            tracing::debug!(vmi = %vmi.key(), phase = %vmi.status.phase, "launcher has no domain");
         }
     }
 }
@@ -347,7 +353,11 @@ fn vmi_cutoff(deadline: Instant) -> Instant {
     deadline.checked_sub(margin).unwrap_or(deadline)
 }
 
-fn problem(vmi: &Vmi, kind: &'static str, message: impl std::fmt::Display) -> Problem {
+fn problem(
+    vmi: &VirtualMachineInstance,
+    kind: &'static str,
+    message: impl std::fmt::Display,
+) -> Problem {
     tracing::debug!(vmi = %vmi.key(), kind, %message, "launcher problem");
     Problem {
         source: SOURCE,

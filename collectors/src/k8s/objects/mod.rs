@@ -1,5 +1,7 @@
-//! The slice of each Kubernetes/KubeVirt object that virt-controller's metrics read, and no
-//! more: the cache holds tens of thousands of these, so every field here earns its place.
+//! The slice of each Kubernetes/KubeVirt object that the collectors read, and no more: the
+//! caches hold tens of thousands of these, so every field here earns its place. Each
+//! consumer slims what it keeps ([`Slim`] for virt-controller's store,
+//! [`VirtualMachineInstance::slim_for_discovery`] for virt-handler's VMI list).
 //!
 //! Field names follow the API's JSON (camelCase). Everything defaults when absent, as Go's
 //! zero values do; only malformed values (a quantity or timestamp that does not parse) make
@@ -7,8 +9,9 @@
 
 use std::collections::BTreeMap;
 
+use kube::api::DynamicObject;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 pub mod quantity;
 pub mod timestamp;
@@ -365,6 +368,9 @@ pub struct VmiStatus {
     pub migration_state: Option<MigrationState>,
     pub conditions: Vec<Condition>,
     pub memory: Option<MemoryStatus>,
+    /// Pod UID → node of every pod that belongs to the VMI (the launcher pods, two while
+    /// migrating): where virt-handler-metrics finds the launcher socket.
+    pub active_pods: SmallMap<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -646,6 +652,7 @@ impl Slim for VirtualMachine {
 
 impl Slim for VirtualMachineInstance {
     fn slim(&mut self) {
+        self.status.active_pods.clear();
         self.metadata
             .keep_labels(|k| k == LABEL_OUTDATED_LAUNCHER_IMAGE);
         self.metadata.keep_annotations(|k| {
@@ -704,3 +711,81 @@ slim_metadata_only!(
     VmLabelsConfigMap,
     KubeVirt
 );
+
+impl VirtualMachineInstance {
+    /// `namespace/name`, for logs, problems and store keys.
+    pub fn key(&self) -> String {
+        self.metadata.key()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.status.phase == "Running"
+    }
+
+    /// What virt-handler-metrics keeps of a VMI: its identity (all labels, which become
+    /// `kubernetes_vmi_label_*`) and the status fields that find the launcher and decide the
+    /// dirty-rate call.
+    pub fn slim_for_discovery(&mut self) {
+        self.metadata.annotations.clear();
+        self.metadata.creation_timestamp = None;
+        self.spec = VmiSpec::default();
+        let status = &mut self.status;
+        status.guest_os_info = GuestOsInfo::default();
+        status.machine = None;
+        status.interfaces = Vec::new();
+        status.conditions = Vec::new();
+        status.memory = None;
+    }
+}
+
+/// An object that does not decode into its slim type; it is skipped and reported, the rest
+/// of the watch goes on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode {kind} {key}: {source}")]
+pub struct DecodeError {
+    pub kind: &'static str,
+    pub key: String,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// A watched object as the API served it, as JSON (`managedFields` dropped: never read,
+/// often big). Every watch of the collectors goes through `DynamicObject` and this, so one
+/// slim type serves every consumer.
+pub fn to_json(object: DynamicObject) -> Result<serde_json::Value, DecodeError> {
+    let DynamicObject {
+        mut metadata, data, ..
+    } = object;
+    metadata.managed_fields = None;
+    let mut value = data;
+    let metadata = serde_json::to_value(metadata).map_err(|source| DecodeError {
+        kind: "metadata",
+        key: String::new(),
+        source,
+    })?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("metadata".to_owned(), metadata);
+    } else {
+        value = serde_json::json!({ "metadata": metadata });
+    }
+    Ok(value)
+}
+
+/// Decodes one object of `kind` (its `kind` name, for the error).
+pub fn decode<T: DeserializeOwned>(
+    kind: &'static str,
+    value: serde_json::Value,
+) -> Result<T, DecodeError> {
+    let key = key_of(&value);
+    serde_json::from_value(value).map_err(|source| DecodeError { kind, key, source })
+}
+
+fn key_of(value: &serde_json::Value) -> String {
+    let field = |f: &str| {
+        value
+            .pointer(&format!("/metadata/{f}"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    };
+    object_key(field("namespace"), field("name"))
+}
