@@ -69,6 +69,7 @@ vsh() { virsh -q -c "$@"; }
 # ------------------------------------------------------------------------- packages
 PKGS=(libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86
       qemu-utils pkg-config prometheus prometheus-libvirt-exporter cpio curl)
+PKGS+=(influxdb)  # InfluxDB 1.6: e2e/tests/export_influx.rs starts its own influxd (temp dir, free port)
 
 install_packages() {
   local missing=() p

@@ -169,6 +169,9 @@ pub struct ExportArgs {
     pub influx_ca: Option<PathBuf>,
     #[arg(long, env = "COLLECTOR_INFLUX_INSECURE_SKIP_VERIFY")]
     pub influx_insecure_skip_verify: bool,
+    /// Gzip the request bodies (`Content-Encoding: gzip`), as InfluxDB recommends.
+    #[arg(long, env = "COLLECTOR_INFLUX_GZIP")]
+    pub influx_gzip: bool,
 
     /// Batches each push sink keeps while its endpoint is slow or down; past it the oldest
     /// batch is dropped (and counted).
@@ -239,6 +242,7 @@ impl Default for ExportArgs {
             influx_precision: InfluxPrecision::Ns,
             influx_ca: None,
             influx_insecure_skip_verify: false,
+            influx_gzip: false,
             push_queue_capacity: defaults::PUSH_QUEUE_CAPACITY,
             push_timeout: defaults::duration(defaults::PUSH_TIMEOUT),
             push_max_backoff: defaults::duration(defaults::PUSH_MAX_BACKOFF),
@@ -372,6 +376,9 @@ impl ExportArgs {
         if self.influx_insecure_skip_verify {
             args.push("--influx-insecure-skip-verify".to_owned());
         }
+        if self.influx_gzip {
+            args.push("--influx-gzip".to_owned());
+        }
         if self.push_queue_capacity != defaults.push_queue_capacity {
             push(
                 args,
@@ -438,6 +445,7 @@ mod tests {
             "/etc/influx/token",
             "--influx-precision",
             "ms",
+            "--influx-gzip",
             "--push-queue-capacity",
             "3",
             "--push-timeout",
@@ -454,6 +462,7 @@ mod tests {
         assert_eq!(export.otlp_protocol, OtlpProtocol::Grpc);
         assert_eq!(export.otlp_headers.len(), 2);
         assert_eq!(export.influx_precision, InfluxPrecision::Ms);
+        assert!(export.influx_gzip);
         let mut argv = vec!["virt-handler-metrics".to_owned()];
         argv.extend(args.to_args());
         assert_eq!(
