@@ -15,6 +15,12 @@
 //! secret takes effect without a restart. TLS comes from the shared client
 //! ([`super::http::client`]).
 //!
+//! Samples that carry their own timestamp (KubeVirt's migration samples) are sent once:
+//! only when newer than the last one this sink delivered for the series, and never when
+//! older than the sink's start. `/metrics` repeats them every pass, but a receiver rejects a
+//! sample older than the newest of its series, and Prometheus then refuses the whole request
+//! (HTTP 400), which would lose every series of every pass after the first.
+//!
 //! Status handling (the specification's "Retries & Backoff"): 2xx is success; 429 and 5xx
 //! (and no connection, a timeout) are retried; any other 4xx drops the batch.
 //!
@@ -22,8 +28,10 @@
 //! from Prometheus's published protos; only what 1.0 senders fill in: no metadata,
 //! exemplars or native histograms).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::UNIX_EPOCH;
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -55,7 +63,7 @@ pub struct TimeSeries {
 }
 
 /// `prometheus.Label`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Message)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Message)]
 pub struct Label {
     #[prost(string, tag = "1")]
     pub name: String,
@@ -90,7 +98,14 @@ pub struct RemoteWrite {
     url: reqwest::Url,
     client: reqwest::Client,
     auth: Auth,
+    /// No sample with its own timestamp older than this (ms) is sent.
+    started_ms: i64,
+    /// Per series with own timestamps, the newest timestamp delivered.
+    delivered: Mutex<Delivered>,
 }
+
+/// The newest own timestamp delivered per series (by its sorted labels).
+pub type Delivered = HashMap<Vec<Label>, i64>;
 
 /// The remote-write sink `args` ask for, if any.
 pub fn from_args(args: &ExportArgs) -> Result<Option<Box<dyn Sink>>, ConfigError> {
@@ -144,7 +159,13 @@ pub fn from_args(args: &ExportArgs) -> Result<Option<Box<dyn Sink>>, ConfigError
         Auth::None => {}
     }
     let client = client(FLAG, &args.remote_write_tls(), args.push_timeout)?;
-    Ok(Some(Box::new(RemoteWrite { url, client, auth })))
+    Ok(Some(Box::new(RemoteWrite {
+        url,
+        client,
+        auth,
+        started_ms: unix_ms(SystemTime::now()),
+        delivered: Mutex::new(Delivered::new()),
+    })))
 }
 
 impl Sink for RemoteWrite {
@@ -154,7 +175,14 @@ impl Sink for RemoteWrite {
 
     fn send<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SendError>> {
         async move {
-            let body = encode(batch);
+            let (request, delivered) = {
+                let before = self
+                    .delivered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                write_request(batch, &before, self.started_ms)
+            };
+            let body = compress(&request);
             let mut request = self
                 .client
                 .post(self.url.clone())
@@ -173,6 +201,10 @@ impl Sink for RemoteWrite {
                 .map_err(|e| SendError::Retryable(format!("remote write: {}", chain(&e))))?;
             let status = response.status();
             if status.is_success() {
+                *self
+                    .delivered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = delivered;
                 return Ok(());
             }
             let text = response.text().await.unwrap_or_default();
@@ -222,25 +254,36 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The snappy-compressed `WriteRequest` for `batch`.
-pub fn encode(batch: &Batch) -> Vec<u8> {
-    let protobuf = write_request(batch).encode_to_vec();
+/// The snappy-compressed protobuf of `request`.
+pub fn compress(request: &WriteRequest) -> Vec<u8> {
+    let protobuf = request.encode_to_vec();
     // Compressing into a Vec fails only past snappy's 4 GiB input limit.
     snap::raw::Encoder::new()
         .compress_vec(&protobuf)
         .unwrap_or_default()
 }
 
-/// The batch's series as remote write sends them: one `TimeSeries` per series, its samples
-/// (several only when samples carry their own timestamps) in time order.
-pub fn write_request(batch: &Batch) -> WriteRequest {
-    let batch_ms = batch
-        .collected_at
+fn unix_ms(at: SystemTime) -> i64 {
+    let ms = at
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let batch_ms = i64::try_from(batch_ms).unwrap_or(i64::MAX);
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// The batch's series as remote write sends them, and what `delivered` becomes once they
+/// are: one `TimeSeries` per series, its samples (several only when samples carry their own
+/// timestamps) in time order. Samples with their own timestamp are left out unless newer
+/// than `delivered` says for their series (or, for a series not in it, not older than
+/// `floor_ms`); a series left without samples is left out.
+pub fn write_request(
+    batch: &Batch,
+    delivered: &Delivered,
+    floor_ms: i64,
+) -> (WriteRequest, Delivered) {
+    let batch_ms = unix_ms(batch.collected_at);
     let mut timeseries: Vec<TimeSeries> = Vec::new();
+    let mut newest = Delivered::new();
     for (family, samples) in client_golang_order(&batch.families) {
         for sample in samples {
             let mut labels: Vec<Label> = Vec::with_capacity(sample.labels.len() + 1);
@@ -261,25 +304,48 @@ pub fn write_request(batch: &Batch) -> WriteRequest {
             // `__name__` sorts before every legal label name (they start with a letter
             // or `_`, and `__` names are reserved).
             labels.sort_by(|a, b| a.name.cmp(&b.name));
-            let point = Sample {
-                value: sample.value,
-                timestamp: sample.timestamp_ms.unwrap_or(batch_ms),
+            let point = match sample.timestamp_ms {
+                None => Some(Sample {
+                    value: sample.value,
+                    timestamp: batch_ms,
+                }),
+                Some(timestamp) => {
+                    let previous = delivered.get(&labels).copied();
+                    let newest_ts = newest
+                        .entry(labels.clone())
+                        .or_insert(previous.unwrap_or(i64::MIN));
+                    let fresh = match previous {
+                        Some(previous) => timestamp > previous,
+                        None => timestamp >= floor_ms,
+                    };
+                    if fresh {
+                        *newest_ts = (*newest_ts).max(timestamp);
+                        Some(Sample {
+                            value: sample.value,
+                            timestamp,
+                        })
+                    } else {
+                        None
+                    }
+                }
             };
-            // The order puts a series' timestamped samples next to each other.
+            // The order puts a series' samples next to each other.
             match timeseries.last_mut() {
-                Some(last) if last.labels == labels => last.samples.push(point),
+                Some(last) if last.labels == labels => last.samples.extend(point),
                 _ => timeseries.push(TimeSeries {
                     labels,
-                    samples: vec![point],
+                    samples: point.into_iter().collect(),
                 }),
             }
         }
     }
+    timeseries.retain(|series| !series.samples.is_empty());
     for series in &mut timeseries {
         series.samples.sort_by_key(|s| s.timestamp);
         series.samples.dedup_by_key(|s| s.timestamp);
     }
-    WriteRequest { timeseries }
+    newest.retain(|_, timestamp| *timestamp != i64::MIN);
+    (WriteRequest { timeseries }, newest)
 }
 
 #[cfg(test)]
@@ -328,7 +394,7 @@ mod tests {
             families: Arc::new(vec![histogram, gauge]),
             collected_at: UNIX_EPOCH + Duration::from_millis(1_000),
         };
-        let request = write_request(&batch);
+        let (request, delivered) = write_request(&batch, &Delivered::new(), 0);
         assert_eq!(
             request.timeseries,
             vec![
@@ -358,9 +424,34 @@ mod tests {
                 },
             ]
         );
-        let body = encode(&batch);
+        let body = compress(&request);
         let decoded = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
         assert_eq!(WriteRequest::decode(decoded.as_slice()).unwrap(), request);
+
+        // Once delivered, the timestamped samples are not sent again; newer ones are.
+        assert_eq!(
+            delivered,
+            Delivered::from([(vec![label("__name__", "g"), label("b", "2")], 5)])
+        );
+        let (again, _) = write_request(&batch, &delivered, 0);
+        assert_eq!(again.timeseries.len(), 1, "{again:?}");
+        assert_eq!(
+            again.timeseries[0].labels[0],
+            label("__name__", "h_seconds_bucket")
+        );
+        // Nothing older than the floor on first sight.
+        let (floored, none) = write_request(&batch, &Delivered::new(), 5);
+        assert_eq!(
+            floored.timeseries[0].samples,
+            vec![Sample {
+                value: 1.5,
+                timestamp: 5
+            }]
+        );
+        assert_eq!(none.values().copied().collect::<Vec<_>>(), vec![5]);
+        let (floored, none) = write_request(&batch, &Delivered::new(), 6);
+        assert_eq!(floored.timeseries.len(), 1);
+        assert!(none.is_empty());
     }
 
     #[test]
