@@ -99,16 +99,17 @@ impl Prometheus {
         if let Some(time) = time {
             params.push(("time", format!("{time:.3}")));
         }
-        let answer: serde_json::Value = self
+        let body = self
             .client
             .get(format!("{}/api/v1/query", self.base))
             .query(&params)
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(answer["status"], "success", "{answer}");
         answer["data"]["result"].as_array().unwrap().clone()
     }
