@@ -242,3 +242,35 @@ async fn hanging_endpoint_costs_a_bounded_queue_and_recovers() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn a_bad_sink_flag_stops_the_start_with_its_message() {
+    for (url, token, expected) in [
+        ("ftp://example/", None, "--remote-write-url"),
+        (
+            "http://127.0.0.1:9/api/v1/write",
+            Some("/nonexistent/remote-write-token"),
+            "/nonexistent/remote-write-token",
+        ),
+    ] {
+        let mut common = args(Mode::Full);
+        common.export.remote_write_url = Some(url.to_owned());
+        common.export.remote_write_bearer_token_file = token.map(Into::into);
+        let collector = Arc::new(ScriptedCollector::new(kubevirt_families()));
+        let error = runtime::start("test-metrics", &common, collector)
+            .await
+            .err()
+            .expect("the sidecar must not start")
+            .to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+    let mut common = args(Mode::Full);
+    common.export.push_queue_capacity = 0;
+    let collector = Arc::new(ScriptedCollector::new(kubevirt_families()));
+    let error = runtime::start("test-metrics", &common, collector)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("--push-queue-capacity"), "{error}");
+}

@@ -49,6 +49,9 @@ pub enum PipelineError {
     ZeroQueueCapacity,
     #[error("--push-timeout must be longer than zero")]
     ZeroTimeout,
+    /// Zero would retry a failing endpoint in a tight loop.
+    #[error("--push-max-backoff must be longer than zero")]
+    ZeroBackoff,
 }
 
 /// How every sink's worker behaves.
@@ -66,6 +69,9 @@ impl PushSettings {
         }
         if args.push_timeout.is_zero() {
             return Err(PipelineError::ZeroTimeout);
+        }
+        if args.push_max_backoff.is_zero() {
+            return Err(PipelineError::ZeroBackoff);
         }
         Ok(Self {
             queue_capacity: args.push_queue_capacity,
@@ -556,7 +562,7 @@ mod tests {
             max_backoff,
         };
         let pipeline = Pipeline::start(
-            Aggregation::default(),
+            Aggregation::from_args(&ExportArgs::default()).unwrap(),
             vec![Box::new(sink)],
             settings,
             &metrics,
@@ -713,6 +719,37 @@ mod tests {
         assert_eq!(self_metric(&h.metrics, QUEUE), 0.0);
         // Batch 1 is superseded by batch 2, not lost.
         assert_eq!(self_metric(&h.metrics, DROPPED), 0.0);
+    }
+
+    #[test]
+    fn settings_refuse_zero_capacity_timeout_and_backoff() {
+        let ok = ExportArgs::default();
+        assert_eq!(
+            PushSettings::from_args(&ok).unwrap(),
+            PushSettings {
+                queue_capacity: 8,
+                timeout: Duration::from_secs(10),
+                max_backoff: Duration::from_secs(120),
+            }
+        );
+        let mut args = ok.clone();
+        args.push_queue_capacity = 0;
+        assert!(matches!(
+            PushSettings::from_args(&args),
+            Err(PipelineError::ZeroQueueCapacity)
+        ));
+        let mut args = ok.clone();
+        args.push_timeout = Duration::ZERO;
+        assert!(matches!(
+            PushSettings::from_args(&args),
+            Err(PipelineError::ZeroTimeout)
+        ));
+        let mut args = ok;
+        args.push_max_backoff = Duration::ZERO;
+        assert!(matches!(
+            PushSettings::from_args(&args),
+            Err(PipelineError::ZeroBackoff)
+        ));
     }
 
     #[test]
