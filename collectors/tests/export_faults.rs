@@ -259,8 +259,7 @@ async fn a_bad_sink_flag_stops_the_start_with_its_message() {
         let collector = Arc::new(ScriptedCollector::new(kubevirt_families()));
         let error = runtime::start("test-metrics", &common, collector)
             .await
-            .err()
-            .expect("the sidecar must not start")
+            .expect_err("the sidecar must not start")
             .to_string();
         assert!(error.contains(expected), "{error}");
     }
