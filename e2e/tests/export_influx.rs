@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use e2e::Peers;
 use influx_server::{Influx, StoredPoint};
-use kubevirt_metrics_collectors::core::collect::StatsSource;
 use kubevirt_metrics_collectors::core::export::influx::InfluxSink;
 use kubevirt_metrics_collectors::core::export::{Batch, SendError, Sink};
 use kubevirt_metrics_collectors::core::metric::{Family, MetricType, Sample};
+use kubevirt_metrics_collectors::handler::StatsSource;
 use kubevirt_metrics_collectors::handler::families;
 use kubevirt_metrics_collectors::handler::launcher::payload;
 use kubevirt_metrics_collectors::handler::libvirt::LibvirtSource;

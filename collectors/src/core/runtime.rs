@@ -23,6 +23,13 @@
 //! 200 after the first pass, whatever the component did: a sidecar that never becomes ready
 //! would stall KubeVirt's rollout.
 //!
+//! Export: the [`Pipeline`] is built at start from the export flags (a bad sink or rule is a
+//! start-up error). Each pass's families go through its aggregation before anything sees
+//! them; the self-metrics are added after it (never aggregated); the result is what
+//! `/metrics` serves and, as one [`Batch`] sharing the same families, what every push sink
+//! is handed. Pushing never waits for a sink. On shutdown the sinks get a bounded last
+//! push.
+//!
 //! Passes run on the interval tick, and also ahead of it: when the collector's [`Trigger`]
 //! fires (the VMI watch has synced, a VMI started; coalesced over `TRIGGER_DEBOUNCE`), and
 //! while a component check is owed (with backoff). Those extra passes keep `MIN_PASS_GAP`
@@ -48,6 +55,8 @@ use tokio_util::sync::CancellationToken;
 use crate::core::collect::{Collector, ComponentRead, Problem, Trigger};
 use crate::core::component::schedule::{CheckSchedule, Reason};
 use crate::core::component::{ComponentClient, ComponentEndpoint, ComponentError};
+use crate::core::export::pipeline::{Pipeline, PipelineError};
+use crate::core::export::{Batch, Resource};
 use crate::core::metric::Family;
 use crate::core::selfmetrics::{BuildInfo, SelfMetrics, SelfMetricsError};
 use crate::core::server::{Published, Server, ServerError, ServerLimits, TlsFiles};
@@ -71,6 +80,8 @@ pub enum RuntimeError {
     Component(#[from] ComponentError),
     #[error(transparent)]
     SelfMetrics(#[from] SelfMetricsError),
+    #[error(transparent)]
+    Export(#[from] PipelineError),
     #[error("installing the signal handler: {0}")]
     Signal(#[source] std::io::Error),
     #[error("the {task} task failed: {reason}")]
@@ -151,6 +162,7 @@ pub async fn start(
         collector: name,
         mode: common.mode.as_str(),
     })?;
+    let pipeline = Pipeline::from_args(&common.export, &Resource::from_env(name), &metrics)?;
     let component = match common.mode {
         Mode::Complement => Some(ComponentCheck {
             client: ComponentClient::new(&ComponentEndpoint::from_args(common))?,
@@ -169,6 +181,7 @@ pub async fn start(
         collection_timeout = ?common.collection_timeout,
         component = %common.component_metrics_url,
         component_recheck_interval = ?common.component_recheck_interval,
+        sinks = ?pipeline.sink_names(),
         "serving /metrics, /healthz, /readyz"
     );
 
@@ -184,6 +197,7 @@ pub async fn start(
         collector,
         component,
         metrics,
+        pipeline,
         published: published.clone(),
         interval: common.interval,
         timeout: common.collection_timeout,
@@ -259,6 +273,7 @@ struct CollectionLoop {
     /// `None` in full mode.
     component: Option<ComponentCheck>,
     metrics: SelfMetrics,
+    pipeline: Pipeline,
     published: Published,
     interval: Duration,
     timeout: Duration,
@@ -306,6 +321,7 @@ impl CollectionLoop {
                 ticker.reset();
             }
         }
+        self.pipeline.shutdown().await;
     }
 
     /// When an owed component check should be tried again ahead of the interval.
@@ -362,12 +378,18 @@ impl CollectionLoop {
         self.check_component(component_read, &mut problems).await;
         self.problems.update(&problems);
 
-        let (mut publish, withheld) =
+        let (publish, withheld) =
             complement(families, self.component.is_some(), self.served.as_ref());
         self.metrics.set_withheld_families(withheld);
+        let mut publish = self.pipeline.aggregate(publish);
         publish.extend(self.metrics.families());
-        self.published.publish(publish);
+        let families = Arc::new(publish);
+        self.published.publish_shared(Arc::clone(&families));
         self.published.mark_ready();
+        self.pipeline.push(&Batch {
+            families,
+            collected_at: SystemTime::now(),
+        });
     }
 
     /// Complement mode: learns which families the component serves, reading its page only

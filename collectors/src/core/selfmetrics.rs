@@ -48,6 +48,35 @@ pub struct SelfMetrics {
     last_success: Gauge,
     http_refused: IntCounterVec,
     http_connections: IntGauge,
+    push: PushMetrics,
+}
+
+/// Per push sink (label `sink`): what the export pipeline did with each pass's batch.
+#[derive(Clone)]
+struct PushMetrics {
+    sent: IntCounterVec,
+    failures: IntCounterVec,
+    dropped: IntCounterVec,
+    queue_length: IntGaugeVec,
+    last_success: prometheus::GaugeVec,
+}
+
+/// Why a push attempt failed (label `reason` of `push_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushFailure {
+    /// Retried with backoff (connection refused, timeout, HTTP 429 or 5xx).
+    Retryable,
+    /// The batch was given up at once (HTTP 4xx, a rejected payload).
+    Permanent,
+}
+
+impl PushFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::Permanent => "permanent",
+        }
+    }
 }
 
 impl std::fmt::Debug for SelfMetrics {
@@ -135,6 +164,43 @@ impl SelfMetrics {
             name("http_connections"),
             "HTTP connections open on the sidecar's server when the snapshot was published.",
         ))?;
+        let push = PushMetrics {
+            sent: IntCounterVec::new(
+                Opts::new(
+                    name("push_batches_sent_total"),
+                    "Batches (one per collection pass) a push sink delivered, by sink.",
+                ),
+                &["sink"],
+            )?,
+            failures: IntCounterVec::new(
+                Opts::new(
+                    name("push_failures_total"),
+                    "Failed push requests, by sink and reason: retryable (retried with backoff) or permanent (the batch was given up).",
+                ),
+                &["reason", "sink"],
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    name("push_batches_dropped_total"),
+                    "Batches a push sink never delivered: the oldest one when its queue was full, or still queued at shutdown.",
+                ),
+                &["sink"],
+            )?,
+            queue_length: IntGaugeVec::new(
+                Opts::new(
+                    name("push_queue_length"),
+                    "Batches waiting in a push sink's queue (at most --push-queue-capacity).",
+                ),
+                &["sink"],
+            )?,
+            last_success: prometheus::GaugeVec::new(
+                Opts::new(
+                    name("push_last_success_timestamp_seconds"),
+                    "Unix time of a push sink's last delivered batch; 0 before the first.",
+                ),
+                &["sink"],
+            )?,
+        };
         let build_info = IntGaugeVec::new(
             Opts::new(
                 name("build_info"),
@@ -159,6 +225,11 @@ impl SelfMetrics {
         registry.register(Box::new(last_success.clone()))?;
         registry.register(Box::new(http_refused.clone()))?;
         registry.register(Box::new(http_connections.clone()))?;
+        registry.register(Box::new(push.sent.clone()))?;
+        registry.register(Box::new(push.failures.clone()))?;
+        registry.register(Box::new(push.dropped.clone()))?;
+        registry.register(Box::new(push.queue_length.clone()))?;
+        registry.register(Box::new(push.last_success.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -175,7 +246,48 @@ impl SelfMetrics {
             last_success,
             http_refused,
             http_connections,
+            push,
         })
+    }
+
+    /// A push sink exists: its series appear (at zero) from the first snapshot on.
+    pub fn register_push_sink(&self, sink: &str) {
+        let push = &self.push;
+        push.sent.with_label_values(&[sink]);
+        for failure in [PushFailure::Retryable, PushFailure::Permanent] {
+            push.failures.with_label_values(&[failure.as_str(), sink]);
+        }
+        push.dropped.with_label_values(&[sink]);
+        push.queue_length.with_label_values(&[sink]).set(0);
+        push.last_success.with_label_values(&[sink]).set(0.0);
+    }
+
+    /// `sink` delivered a batch at `at`.
+    pub fn count_push_sent(&self, sink: &str, at: SystemTime) {
+        self.push.sent.with_label_values(&[sink]).inc();
+        let unix = at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.push.last_success.with_label_values(&[sink]).set(unix);
+    }
+
+    pub fn count_push_failure(&self, sink: &str, failure: PushFailure) {
+        self.push
+            .failures
+            .with_label_values(&[failure.as_str(), sink])
+            .inc();
+    }
+
+    pub fn add_push_dropped(&self, sink: &str, batches: u64) {
+        self.push.dropped.with_label_values(&[sink]).inc_by(batches);
+    }
+
+    pub fn set_push_queue_length(&self, sink: &str, length: usize) {
+        self.push
+            .queue_length
+            .with_label_values(&[sink])
+            .set(i64::try_from(length).unwrap_or(i64::MAX));
     }
 
     /// One pass finished (`timed_out`: cut off at its deadline) after `took`.

@@ -6,10 +6,13 @@
 //! and gets OpenMetrics 1.0.0; a `curl` without `Accept` gets text 0.0.4. We never serve the
 //! protobuf format, so a request that prefers it falls through to the next range it accepts.
 //!
+//! `application/json` (which no Prometheus sends) selects our JSON format ([`json`]); a
+//! client may also ask for it with `?format=json` ([`Format::from_query`]).
+//!
 //! One deliberate difference from goautoneg: a media range with `q=0` means "not acceptable"
 //! (RFC 9110 §12.4.2) and is skipped instead of being chosen.
 
-use super::{openmetrics, text};
+use super::{json, openmetrics, text};
 
 /// A format this crate can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,6 +24,8 @@ pub enum Format {
     /// OpenMetrics 0.0.1: asked for by `application/openmetrics-text` without a version.
     /// client_golang writes the same body as for 1.0.0 and only labels it differently.
     OpenMetrics0,
+    /// Our JSON schema ([`json::encode`]).
+    Json,
 }
 
 impl Format {
@@ -31,6 +36,17 @@ impl Format {
             Self::Text => text::CONTENT_TYPE,
             Self::OpenMetrics1 => openmetrics::CONTENT_TYPE,
             Self::OpenMetrics0 => openmetrics::CONTENT_TYPE_0_0_1,
+            Self::Json => json::CONTENT_TYPE,
+        }
+    }
+
+    /// The format named by `/metrics?format=NAME`: `text`, `openmetrics` or `json`.
+    pub fn from_query(name: &str) -> Option<Self> {
+        match name {
+            "text" => Some(Self::Text),
+            "openmetrics" => Some(Self::OpenMetrics1),
+            "json" => Some(Self::Json),
+            _ => None,
         }
     }
 
@@ -63,6 +79,9 @@ pub fn negotiate(accept: Option<&str>) -> Format {
                 "" | "0.0.1" => return Format::OpenMetrics0,
                 _ => {}
             }
+        }
+        if range.is("application", "json") {
+            return Format::Json;
         }
     }
     Format::Text
@@ -154,7 +173,6 @@ mod tests {
             Some("*/*"),
             Some("text/plain"),
             Some("text/plain;version=0.0.4"),
-            Some("application/json"),
             Some("garbage;;;,,"),
             // What Prometheus sends with scrape_protocols: [PrometheusText0.0.4].
             Some("text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
@@ -165,6 +183,39 @@ mod tests {
             Format::Text.content_type(),
             "text/plain; version=0.0.4; charset=utf-8"
         );
+    }
+
+    #[test]
+    fn json_is_chosen_by_accept_or_query() {
+        for accept in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "text/plain;q=0.5, application/json",
+            "application/json, */*;q=0.1",
+        ] {
+            assert_eq!(negotiate(Some(accept)), Format::Json, "{accept}");
+        }
+        assert_eq!(
+            negotiate(Some("application/json;q=0.2, text/plain;q=0.9")),
+            Format::Text
+        );
+        assert_eq!(negotiate(Some("application/json;q=0")), Format::Text);
+        // A browser's Accept does not ask for JSON.
+        assert_eq!(
+            negotiate(Some(
+                "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+            )),
+            Format::Text
+        );
+        assert_eq!(Format::Json.content_type(), "application/json");
+        assert_eq!(Format::from_query("json"), Some(Format::Json));
+        assert_eq!(Format::from_query("text"), Some(Format::Text));
+        assert_eq!(
+            Format::from_query("openmetrics"),
+            Some(Format::OpenMetrics1)
+        );
+        assert_eq!(Format::from_query("JSON"), None);
+        assert_eq!(Format::from_query("xml"), None);
     }
 
     #[test]

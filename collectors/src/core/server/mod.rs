@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::core::format::negotiate::{Format, negotiate};
-use crate::core::format::{openmetrics, text};
+use crate::core::format::{json, openmetrics, text};
 use crate::core::metric::Family;
 use crate::core::selfmetrics::SelfMetrics;
 pub use limits::ServerLimits;
@@ -66,12 +66,14 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// One published set of families, with its encodings cached.
+/// One published set of families, with its encodings cached. The families are shared with
+/// the push sinks' batch of the same pass.
 #[derive(Debug)]
 pub struct Snapshot {
-    families: Vec<Family>,
+    families: Arc<Vec<Family>>,
     text: OnceCell<Encoded>,
     openmetrics: OnceCell<Encoded>,
+    json: OnceCell<Encoded>,
 }
 
 #[derive(Debug)]
@@ -82,10 +84,15 @@ struct Encoded {
 
 impl Snapshot {
     pub fn new(families: Vec<Family>) -> Self {
+        Self::shared(Arc::new(families))
+    }
+
+    pub fn shared(families: Arc<Vec<Family>>) -> Self {
         Self {
             families,
             text: OnceCell::new(),
             openmetrics: OnceCell::new(),
+            json: OnceCell::new(),
         }
     }
 
@@ -93,22 +100,28 @@ impl Snapshot {
         &self.families
     }
 
+    fn cell(&self, format: Format) -> &OnceCell<Encoded> {
+        match format {
+            Format::Text => &self.text,
+            Format::OpenMetrics1 | Format::OpenMetrics0 => &self.openmetrics,
+            Format::Json => &self.json,
+        }
+    }
+
     /// The body in `format`, gzipped if `gzip`; encoded on a blocking thread the first time
     /// and cached for every later scrape of this snapshot.
     pub async fn body(self: &Arc<Self>, format: Format, gzip: bool) -> Result<Bytes, ServerError> {
-        let cell = if format.is_openmetrics() {
-            &self.openmetrics
-        } else {
-            &self.text
-        };
-        let encoded = cell
+        let encoded = self
+            .cell(format)
             .get_or_try_init(|| {
                 let snapshot = Arc::clone(self);
                 blocking(move || {
-                    let body = if format.is_openmetrics() {
-                        openmetrics::encode(&snapshot.families)
-                    } else {
-                        text::encode(&snapshot.families)
+                    let body = match format {
+                        Format::Text => text::encode(&snapshot.families).into_bytes(),
+                        Format::OpenMetrics1 | Format::OpenMetrics0 => {
+                            openmetrics::encode(&snapshot.families).into_bytes()
+                        }
+                        Format::Json => json::encode(&snapshot.families),
                     };
                     Encoded {
                         plain: Bytes::from(body),
@@ -171,7 +184,13 @@ impl Published {
 
     /// Replaces what `/metrics` serves.
     pub fn publish(&self, families: Vec<Family>) {
-        self.current.send_replace(Arc::new(Snapshot::new(families)));
+        self.publish_shared(Arc::new(families));
+    }
+
+    /// Replaces what `/metrics` serves with families shared with others (the push batch).
+    pub fn publish_shared(&self, families: Arc<Vec<Family>>) {
+        self.current
+            .send_replace(Arc::new(Snapshot::shared(families)));
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -403,8 +422,31 @@ fn router(published: Published) -> Router {
         .with_state(published)
 }
 
-async fn metrics(State(published): State<Published>, headers: HeaderMap) -> Response {
-    let format = negotiate(headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
+/// The query of `/metrics`: `?format=json|text|openmetrics` overrides `Accept` (for
+/// browsers and `curl` users).
+#[derive(Debug, Default, serde::Deserialize)]
+struct MetricsQuery {
+    format: Option<String>,
+}
+
+async fn metrics(
+    State(published): State<Published>,
+    Query(query): Query<MetricsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let format = match query.format.as_deref() {
+        None => negotiate(headers.get(ACCEPT).and_then(|v| v.to_str().ok())),
+        Some(name) => match Format::from_query(name) {
+            Some(format) => format,
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "unknown format; use format=text, format=openmetrics or format=json\n",
+                )
+                    .into_response();
+            }
+        },
+    };
     let gzip = accepts_gzip(headers.get(ACCEPT_ENCODING));
     let snapshot = published.snapshot();
     match snapshot.body(format, gzip).await {
