@@ -137,8 +137,10 @@ fn same(a: f64, b: f64) -> bool {
     a == b || (a.is_nan() && b.is_nan())
 }
 
-/// The cumulative points of one pass, by (metric, attributes, time): (start, value).
-type Starts = BTreeMap<(String, Attributes, u64), (u64, f64)>;
+/// A cumulative point: (metric, attributes, time).
+type Point = (String, Attributes, u64);
+/// The cumulative points of one pass: (start, value or count).
+type Starts = BTreeMap<Point, (u64, f64)>;
 
 /// Asserts the whole mapping of one decoded request against the families pushed; returns
 /// the start and time of every cumulative point.
@@ -451,7 +453,7 @@ async fn push_and_check(receiver: &Receiver, protocol: OtlpProtocol, compression
 /// each later one keeps the start, unless its value went down (a reset) when its start is
 /// the previous point's time.
 fn assert_sequences(starts: &Starts) {
-    let mut previous: Option<(&(String, Attributes, u64), &(u64, f64))> = None;
+    let mut previous: Option<(&Point, &(u64, f64))> = None;
     let mut resets = 0;
     for (point, start) in starts {
         match previous {

@@ -316,9 +316,7 @@ fn histogram_points(
             {
                 bucket_counts.push(total.saturating_sub(previous));
             }
-            let time_ns = series
-                .timestamp_ms
-                .map_or(batch_ns, |ms| millis_to_nanos(ms));
+            let time_ns = series.timestamp_ms.map_or(batch_ns, millis_to_nanos);
             let key = series_key(&family.name, series.labels);
             let start_ns = starts.start(key, time_ns, count);
             Some(HistogramDataPoint {
@@ -344,9 +342,7 @@ fn summary_points(
         .into_iter()
         .filter_map(|series| {
             let count = series.count?;
-            let time_ns = series
-                .timestamp_ms
-                .map_or(batch_ns, |ms| millis_to_nanos(ms));
+            let time_ns = series.timestamp_ms.map_or(batch_ns, millis_to_nanos);
             let key = series_key(&family.name, series.labels);
             let start_ns = starts.start(key, time_ns, count);
             Some(SummaryDataPoint {
