@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "otlp_support/https.rs"]
+mod otlp_https;
 #[path = "otlp_support/mod.rs"]
 mod otlp_support;
 
@@ -698,6 +700,43 @@ async fn grpc_over_mutual_tls_with_the_given_ca() {
         .await;
     assert!(result.is_err(), "an untrusted receiver was accepted");
     assert!(receiver.take().is_empty());
+}
+
+#[tokio::test]
+async fn http_over_tls_with_the_given_ca() {
+    let ca = otlp_support::TestCa::new("otlp-http-ca");
+    let receiver = otlp_https::receiver(&ca.leaf()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let endpoint = format!("https://localhost:{}", receiver.addr.port());
+    let mut setup = setup(endpoint, OtlpProtocol::Http, OtlpCompression::Gzip);
+    setup.args.otlp_ca = Some(ca_file);
+    let families = Arc::new(families());
+    sink(&setup.args)
+        .send(&batch(&families, 1_800_000_000))
+        .await
+        .unwrap();
+    let received = receiver.take();
+    assert_eq!(received.len(), 1);
+    assert_mapping(&received[0].request, &families, nanos(1_800_000_000));
+    let agent = received[0].headers["user-agent"].to_str().unwrap();
+    assert!(agent.starts_with("kubevirt-metrics-collectors/"), "{agent}");
+
+    // Without the CA the receiver is not trusted, and nothing is sent...
+    setup.args.otlp_ca = None;
+    let result = sink(&setup.args)
+        .send(&batch(&families, 1_800_000_030))
+        .await;
+    assert!(result.is_err(), "an untrusted receiver was accepted");
+    assert!(receiver.take().is_empty());
+    // ...unless verification is switched off.
+    setup.args.otlp_insecure_skip_verify = true;
+    sink(&setup.args)
+        .send(&batch(&families, 1_800_000_060))
+        .await
+        .unwrap();
+    assert_eq!(receiver.take().len(), 1);
 }
 
 #[test]

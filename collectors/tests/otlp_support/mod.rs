@@ -92,6 +92,15 @@ impl Receiver {
     pub async fn http() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        Self::http_on(listener, addr)
+    }
+
+    /// OTLP/HTTP on any listener (e.g. one that speaks TLS).
+    pub fn http_on<L>(listener: L, addr: SocketAddr) -> Self
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let shared = Shared::new();
         let app = Router::new()
             .route("/v1/metrics", post(http_export))

@@ -54,11 +54,7 @@ impl GrpcSink {
         let mut channel = Endpoint::from(uri)
             .timeout(args.push_timeout)
             .connect_timeout(args.push_timeout)
-            .user_agent(concat!(
-                env!("CARGO_PKG_NAME"),
-                "/",
-                env!("CARGO_PKG_VERSION")
-            ))
+            .user_agent(super::USER_AGENT)
             .map_err(|error| invalid(error.to_string()))?;
         let tls = args.otlp_tls();
         if tls.insecure_skip_verify {

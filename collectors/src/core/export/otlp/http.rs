@@ -14,7 +14,9 @@ use kubevirt_metrics_flags::{ExportArgs, OtlpCompression};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use prost::Message;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
+};
 
 use super::{Common, ENDPOINT_FLAG, log_partial_success};
 use crate::core::export::{Batch, ConfigError, SendError, Sink};
@@ -50,6 +52,8 @@ impl HttpSink {
         let client =
             crate::core::export::http::client(ENDPOINT_FLAG, &args.otlp_tls(), args.push_timeout)?;
         let mut headers = HeaderMap::new();
+        // OTLP exporters SHOULD identify themselves; a configured header may override it.
+        headers.insert(USER_AGENT, HeaderValue::from_static(super::USER_AGENT));
         for (key, value) in &common.headers {
             let name =
                 HeaderName::from_bytes(key.as_bytes()).map_err(|error| ConfigError::Invalid {
@@ -60,7 +64,11 @@ impl HttpSink {
                 flag: super::HEADER_FLAG,
                 message: format!("{key}: invalid value"),
             })?;
-            headers.append(name, value);
+            if name == USER_AGENT {
+                headers.insert(name, value);
+            } else {
+                headers.append(name, value);
+            }
         }
         Ok(Self {
             client,

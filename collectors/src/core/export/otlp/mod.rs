@@ -23,6 +23,8 @@ use encode::StartTimes;
 const ENDPOINT_FLAG: &str = "--otlp-endpoint";
 const HEADER_FLAG: &str = "--otlp-header";
 const TOKEN_FLAG: &str = "--otlp-bearer-token-file";
+/// `User-Agent` of both transports.
+const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
 /// The OTLP sink `args` ask for, if any.
 pub fn from_args(
