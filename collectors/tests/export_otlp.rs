@@ -611,7 +611,6 @@ async fn grpc_faults_are_retryable_or_permanent_as_otlp_says() {
 
     for code in [
         Code::Unavailable,
-        Code::ResourceExhausted,
         Code::DeadlineExceeded,
         Code::Aborted,
         Code::Cancelled,
@@ -624,7 +623,14 @@ async fn grpc_faults_are_retryable_or_permanent_as_otlp_says() {
             &format!("{code:?}"),
         );
     }
+    // RESOURCE_EXHAUSTED is retried only when the server says recovery is possible.
+    receiver.reply(Reply::GrpcExhaustedRetryLater);
+    assert_retryable(
+        &outcome(sink.as_ref(), &families).await.0,
+        "RESOURCE_EXHAUSTED with RetryInfo",
+    );
     for code in [
+        Code::ResourceExhausted,
         Code::InvalidArgument,
         Code::Unauthenticated,
         Code::PermissionDenied,
@@ -651,7 +657,7 @@ async fn grpc_faults_are_retryable_or_permanent_as_otlp_says() {
     outcome(sink.as_ref(), &families).await.0.unwrap();
     assert_eq!(
         receiver.take().len(),
-        15,
+        16,
         "every attempt reached the receiver"
     );
 

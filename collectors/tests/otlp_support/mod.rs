@@ -44,6 +44,8 @@ pub enum Reply {
     /// HTTP: this status; gRPC: this code.
     HttpStatus(u16),
     Grpc(tonic::Code),
+    /// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` in the details (recovery possible).
+    GrpcExhaustedRetryLater,
     /// Never answer.
     Hang,
 }
@@ -234,7 +236,9 @@ async fn http_export(State(shared): State<Shared>, headers: HeaderMap, body: Byt
             format!("receiver says {code}"),
         )
             .into_response(),
-        Reply::Grpc(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Reply::Grpc(_) | Reply::GrpcExhaustedRetryLater => {
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::OK.into_response()
@@ -243,6 +247,55 @@ async fn http_export(State(shared): State<Shared>, headers: HeaderMap, body: Byt
 }
 
 struct GrpcReceiver(Shared);
+
+/// `google.rpc.Status` details holding one `google.rpc.RetryInfo` (retry in 1 s), encoded
+/// from the messages as googleapis defines them (google/rpc/status.proto,
+/// error_details.proto; google/protobuf/any.proto, duration.proto).
+fn retry_info_details() -> Vec<u8> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Duration {
+        #[prost(int64, tag = "1")]
+        seconds: i64,
+        #[prost(int32, tag = "2")]
+        nanos: i32,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RetryInfo {
+        #[prost(message, optional, tag = "1")]
+        retry_delay: Option<Duration>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Any {
+        #[prost(string, tag = "1")]
+        type_url: String,
+        #[prost(bytes = "vec", tag = "2")]
+        value: Vec<u8>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Status {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+        #[prost(message, repeated, tag = "3")]
+        details: Vec<Any>,
+    }
+    let retry = RetryInfo {
+        retry_delay: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+    };
+    Status {
+        code: tonic::Code::ResourceExhausted as i32,
+        message: "receiver says later".to_owned(),
+        details: vec![Any {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".to_owned(),
+            value: retry.encode_to_vec(),
+        }],
+    }
+    .encode_to_vec()
+}
 
 /// A CA and the leaf certificates it signs (SAN 127.0.0.1 and localhost).
 pub struct TestCa {
@@ -294,6 +347,11 @@ impl MetricsService for GrpcReceiver {
         match reply {
             Reply::Ok | Reply::Partial => Ok(tonic::Response::new(response(reply))),
             Reply::Grpc(code) => Err(tonic::Status::new(code, "receiver says no")),
+            Reply::GrpcExhaustedRetryLater => Err(tonic::Status::with_details(
+                tonic::Code::ResourceExhausted,
+                "receiver says later",
+                retry_info_details().into(),
+            )),
             Reply::HttpStatus(_) => Err(tonic::Status::internal("not an HTTP receiver")),
             Reply::Hang => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;

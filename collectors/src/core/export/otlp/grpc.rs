@@ -2,10 +2,9 @@
 //! TLS (rustls) for `https://` endpoints, optional gzip.
 //!
 //! Status codes per the OTLP specification: CANCELLED, DEADLINE_EXCEEDED, ABORTED,
-//! OUT_OF_RANGE, UNAVAILABLE and DATA_LOSS are retryable, and so is RESOURCE_EXHAUSTED (the
-//! specification retries it when the server says recovery is possible; a receiver that
-//! sheds load says so, and a batch dropped for a misread is worse than a retry); every other
-//! code is permanent. No connection at all is UNAVAILABLE.
+//! OUT_OF_RANGE, UNAVAILABLE and DATA_LOSS are retryable; RESOURCE_EXHAUSTED only when the
+//! server says recovery is possible (a `google.rpc.RetryInfo` in the status details); every
+//! other code is permanent. No connection at all is retryable.
 
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use super::{Common, ENDPOINT_FLAG, HEADER_FLAG, log_partial_success};
+use super::{Common, ENDPOINT_FLAG, HEADER_FLAG, RETRY_INFO, RpcStatus, log_partial_success};
 use crate::core::export::{Batch, ConfigError, SendError, Sink};
 
 /// Pushes to an OTLP/gRPC receiver.
@@ -167,17 +166,27 @@ fn send_error(uri: &http::Uri, status: &Status) -> SendError {
 /// tonic made up for a failed connection (no answer from the receiver) is retryable
 /// whatever its code.
 pub fn is_retryable(status: &Status) -> bool {
-    let retryable_code = matches!(
-        status.code(),
+    let retryable_code = match status.code() {
         Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::OutOfRange
-            | Code::Unavailable
-            | Code::DataLoss
-            | Code::ResourceExhausted
-    );
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
+        Code::ResourceExhausted => has_retry_info(status),
+        _ => false,
+    };
     retryable_code || is_transport_failure(status)
+}
+
+/// Whether the status details carry a `google.rpc.RetryInfo`.
+fn has_retry_info(status: &Status) -> bool {
+    prost::Message::decode(status.details()).is_ok_and(|details: RpcStatus| {
+        details
+            .details
+            .iter()
+            .any(|detail| detail.type_url == RETRY_INFO)
+    })
 }
 
 fn is_transport_failure(status: &Status) -> bool {

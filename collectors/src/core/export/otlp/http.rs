@@ -18,7 +18,7 @@ use reqwest::header::{
     AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
 };
 
-use super::{Common, ENDPOINT_FLAG, log_partial_success};
+use super::{Common, ENDPOINT_FLAG, RpcStatus, log_partial_success};
 use crate::core::export::{Batch, ConfigError, SendError, Sink};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -26,15 +26,6 @@ const PROTOBUF: &str = "application/x-protobuf";
 const METRICS_PATH: &str = "/v1/metrics";
 /// How much of an error body ends up in an error message.
 const ERROR_BODY_LIMIT: usize = 512;
-
-/// `google.rpc.Status`, the body of an OTLP/HTTP error response (details are left out).
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
 
 /// Pushes to an OTLP/HTTP receiver.
 #[derive(Debug)]

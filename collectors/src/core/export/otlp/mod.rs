@@ -144,6 +144,30 @@ fn parse_header(header: &str) -> Result<(String, String), ConfigError> {
     Ok((key, value))
 }
 
+/// `google.rpc.Status`: the body of an OTLP/HTTP error response, and the details of a gRPC
+/// status.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<RpcAny>,
+}
+
+/// `google.protobuf.Any`, as far as a type check needs it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// The type URL of `google.rpc.RetryInfo`, by which a server says "retry later".
+const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
 /// Logs a partial success (the receiver accepted the request but rejected some points), as
 /// the OTLP specification asks; it is not retried.
 fn log_partial_success(partial: Option<&ExportMetricsPartialSuccess>) {
