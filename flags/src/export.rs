@@ -29,6 +29,24 @@ impl OtlpProtocol {
     }
 }
 
+/// Compression of OTLP request bodies (`OTEL_EXPORTER_OTLP_COMPRESSION` in the OTel SDKs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OtlpCompression {
+    #[default]
+    None,
+    /// gzip: `Content-Encoding: gzip` over HTTP, `grpc-encoding: gzip` over gRPC.
+    Gzip,
+}
+
+impl OtlpCompression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+        }
+    }
+}
+
 /// Timestamp precision of InfluxDB line protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum InfluxPrecision {
@@ -72,6 +90,9 @@ pub struct ExportArgs {
     /// OTLP transport.
     #[arg(long, env = "COLLECTOR_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::Http)]
     pub otlp_protocol: OtlpProtocol,
+    /// Compression of the OTLP request bodies.
+    #[arg(long, env = "COLLECTOR_OTLP_COMPRESSION", value_enum, default_value_t = OtlpCompression::None)]
+    pub otlp_compression: OtlpCompression,
     /// Extra request header (`KEY=VALUE`), repeatable; e.g. a tenant id.
     #[arg(
         long = "otlp-header",
@@ -220,6 +241,7 @@ impl Default for ExportArgs {
         Self {
             otlp_endpoint: None,
             otlp_protocol: OtlpProtocol::Http,
+            otlp_compression: OtlpCompression::None,
             otlp_headers: Vec::new(),
             otlp_bearer_token_file: None,
             otlp_ca: None,
@@ -298,6 +320,13 @@ impl ExportArgs {
                 args,
                 "--otlp-protocol",
                 self.otlp_protocol.as_str().to_owned(),
+            );
+        }
+        if self.otlp_compression != defaults.otlp_compression {
+            push(
+                args,
+                "--otlp-compression",
+                self.otlp_compression.as_str().to_owned(),
             );
         }
         for header in &self.otlp_headers {
@@ -413,7 +442,7 @@ impl ExportArgs {
 mod tests {
     use clap::Parser;
 
-    use crate::{ApiArgs, HandlerArgs, InfluxPrecision, OtlpProtocol};
+    use crate::{ApiArgs, HandlerArgs, InfluxPrecision, OtlpCompression, OtlpProtocol};
 
     #[test]
     fn export_flags_round_trip() {
@@ -423,6 +452,8 @@ mod tests {
             "https://otel:4317",
             "--otlp-protocol",
             "grpc",
+            "--otlp-compression",
+            "gzip",
             "--otlp-header",
             "X-Scope-OrgID=tenant-a",
             "--otlp-header",
@@ -460,6 +491,7 @@ mod tests {
         .expect("valid flags");
         let export = &args.common.export;
         assert_eq!(export.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(export.otlp_compression, OtlpCompression::Gzip);
         assert_eq!(export.otlp_headers.len(), 2);
         assert_eq!(export.influx_precision, InfluxPrecision::Ms);
         assert!(export.influx_gzip);

@@ -22,7 +22,7 @@ pub mod telemetry;
 
 pub use control_plane::*;
 pub use defaults::{DEFAULT_NAMESPACE, DEFAULT_PORT, VIRT_CONTROLLER_LEASE, VIRT_OPERATOR_LEASE};
-pub use export::{ClientTls, ExportArgs, InfluxPrecision, OtlpProtocol};
+pub use export::{ClientTls, ExportArgs, InfluxPrecision, OtlpCompression, OtlpProtocol};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Mode {
