@@ -17,6 +17,7 @@
 
 pub mod backports;
 pub mod entries;
+pub mod exporters;
 pub mod hco;
 pub mod monitoring;
 pub mod promql;
@@ -59,6 +60,12 @@ pub enum PlanError {
         value: String,
         reason: String,
     },
+    #[error("{component}: exporters: {}", problems.join("; "))]
+    Exporters {
+        component: Component,
+        /// Each `<policy field>: <what is wrong>`.
+        problems: Vec<String>,
+    },
     #[error("the HyperConverged annotation kubevirt.kubevirt.io/jsonpatch cannot be read: {0}")]
     BadHcoAnnotation(String),
     #[error("backports: {0}")]
@@ -75,6 +82,10 @@ pub struct PlannedSidecar {
     pub component: Component,
     pub image: String,
     pub container: Value,
+    /// Pod volumes the sidecar needs besides the component's own (its sinks' Secrets).
+    pub volumes: Vec<Value>,
+    /// The Secret keys those volumes project, with the policy fields naming them.
+    pub secrets: Vec<exporters::SecretUse>,
 }
 
 /// Everything one policy wants.
@@ -151,18 +162,22 @@ pub fn plan(
                 &plan.owner,
                 &resolved.container_name,
                 container.clone(),
+                &resolved.export.volumes,
             )?);
         } else {
             plan.virt_operator = Some(virt_operator::apply_body(
                 &plan.namespace,
                 &plan.owner,
                 container.clone(),
+                &resolved.export.volumes,
             ));
         }
         plan.sidecars.push(PlannedSidecar {
             component,
             image: resolved.image,
             container,
+            volumes: resolved.export.volumes,
+            secrets: resolved.export.secrets,
         });
     }
     Ok(plan)
