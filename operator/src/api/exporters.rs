@@ -58,7 +58,7 @@ pub struct OtlpExporter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(
-        validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("otlp.endpoint must be an http:// or https:// URL with a host"),
+        validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]')").message("otlp.endpoint must be an http:// or https:// URL with a host"),
         validation = Rule::new("!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@')").message("otlp.endpoint must not carry credentials (user:password@): use bearerTokenSecretRef")
     )]
     pub endpoint: Option<String>,
@@ -111,7 +111,7 @@ pub struct RemoteWriteExporter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(
-        validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("remoteWrite.url must be an http:// or https:// URL with a host"),
+        validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]')").message("remoteWrite.url must be an http:// or https:// URL with a host"),
         validation = Rule::new("!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@')").message("remoteWrite.url must not carry credentials (user:password@): use basicAuth or bearerTokenSecretRef")
     )]
     pub url: Option<String>,
@@ -157,7 +157,7 @@ pub struct InfluxExporter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(
-        validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("influxdb.url must be an http:// or https:// URL with a host"),
+        validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' && self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]')").message("influxdb.url must be an http:// or https:// URL with a host"),
         validation = Rule::new("!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@')").message("influxdb.url must not carry credentials (user:password@): use tokenSecretRef")
     )]
     pub url: Option<String>,

@@ -412,11 +412,11 @@ impl Builder {
                 "mountPath": format!("{SECRETS_ROOT}/{}", sink.dir()),
                 "readOnly": true,
             }));
-            out.secrets
-                .extend(files.into_iter().map(|(_, secret, field)| SecretUse {
-                    field,
-                    secret,
-                }));
+            out.secrets.extend(
+                files
+                    .into_iter()
+                    .map(|(_, secret, field)| SecretUse { field, secret }),
+            );
         }
         Ok(out)
     }
@@ -447,6 +447,47 @@ fn projected_volume(sink: Sink, files: &[(&'static str, SecretKeyRef, String)]) 
         })
         .collect();
     json!({"name": sink.volume(), "projected": {"sources": sources}})
+}
+
+/// Flags of `export` that `extra_args` sets again. The collectors take every export flag
+/// but the repeatable ones (`--otlp-header`, `--aggregate`, `--drop-family`, `--drop-label`)
+/// at most once and refuse to start otherwise, and `extraArgs` and `exporters` may come from
+/// different levels (`spec.defaults`, the component): a combination no CRD rule can see.
+pub fn conflicting_extra_args(
+    component: Component,
+    export: &ExportArgs,
+    extra_args: &[String],
+) -> Result<(), PlanError> {
+    const REPEATABLE: [&str; 4] = [
+        "--otlp-header",
+        "--aggregate",
+        "--drop-family",
+        "--drop-label",
+    ];
+    let mut rendered = Vec::new();
+    export.push_args(&mut rendered);
+    let ours: BTreeSet<&str> = rendered
+        .iter()
+        .filter(|a| a.starts_with("--") && !REPEATABLE.contains(&a.as_str()))
+        .map(String::as_str)
+        .collect();
+    let problems: Vec<String> = extra_args
+        .iter()
+        .filter_map(|arg| {
+            let flag = arg.split('=').next().unwrap_or_default();
+            ours.contains(flag).then(|| {
+                format!("extraArgs: {flag} is also set by exporters or aggregations; set it in one place")
+            })
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PlanError::Exporters {
+            component,
+            problems,
+        })
+    }
 }
 
 /// The references among `secrets` that `lookup` cannot satisfy, in words. `lookup(name)`
@@ -528,7 +569,10 @@ fn check_secret_ref(secret: &SecretKeyRef) -> Result<(), String> {
             && !part.ends_with('-')
     };
     if secret.name.len() > 253 || !secret.name.split('.').all(label) {
-        return Err(format!("secret name {:?} is not a DNS subdomain", secret.name));
+        return Err(format!(
+            "secret name {:?} is not a DNS subdomain",
+            secret.name
+        ));
     }
     let key_ok = !secret.key.is_empty()
         && secret.key.len() <= 253

@@ -112,6 +112,11 @@ pub fn resolve(
         _ => StatsSource::Launcher,
     };
     let export = exporters::resolve(spec, component)?;
+    let extra_args = own
+        .and_then(|s| s.extra_args.clone())
+        .or_else(|| base.extra_args.clone())
+        .unwrap_or_default();
+    exporters::conflicting_extra_args(component, &export.args, &extra_args)?;
 
     Ok(ResolvedSidecar {
         component,
@@ -138,10 +143,7 @@ pub fn resolve(
             .or(base.mode)
             .unwrap_or(CollectorMode::Complement),
         source,
-        extra_args: own
-            .and_then(|s| s.extra_args.clone())
-            .or_else(|| base.extra_args.clone())
-            .unwrap_or_default(),
+        extra_args,
         env: own
             .and_then(|s| s.env.clone())
             .or_else(|| base.env.clone())
