@@ -70,7 +70,7 @@ pub struct OtlpExporter {
     /// Extra request headers, e.g. a tenant id (`X-Scope-OrgID: tenant-a`). Not for
     /// credentials: `Authorization` is refused, use `bearerTokenSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
     #[x_kube(
         validation = Rule::new("self.all(k, size(k) <= 128 && k.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$'))").message("otlp.headers names must be HTTP header names (letters, digits and !#$%&*+.^_|~-, at most 128)"),
         validation = Rule::new("self.all(k, !(k.lowerAscii() in ['authorization', 'proxy-authorization', 'cookie']))").message("otlp.headers must not set Authorization, Proxy-Authorization or Cookie: credentials come from bearerTokenSecretRef"),
@@ -294,20 +294,20 @@ pub struct Aggregations {
     /// `sum by (namespace) (kubevirt_vmi_memory_resident_bytes)`. The grammar is the
     /// sidecar's (README, "Aggregation"); the sidecar refuses a rule it cannot parse.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = 1024)))]
     #[x_kube(validation = Rule::new("self.all(r, size(r) > 0 && size(r) <= 1024 && r.trim() != '' && !r.contains(';') && !r.contains('\\n'))").message("aggregations.rules must be non-empty single-line strings of at most 1024 characters without ';'"))]
     pub rules: Vec<String>,
 
     /// Families to leave out, by name or anchored regex (`--drop-family`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = 256)))]
     #[x_kube(validation = Rule::new("self.all(f, size(f) > 0 && size(f) <= 256 && !f.contains(','))").message("aggregations.dropFamilies must be non-empty names or regexes of at most 256 characters without ','"))]
     pub drop_families: Vec<String>,
 
     /// Labels to remove from every family (`--drop-label`); series that then collide are
     /// summed for counters and gauges.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = 128)))]
     #[x_kube(validation = Rule::new("self.all(l, size(l) <= 128 && l.matches('^[a-zA-Z_][a-zA-Z0-9_]*$'))").message("aggregations.dropLabels must be Prometheus label names"))]
     pub drop_labels: Vec<String>,
 }
