@@ -318,14 +318,15 @@ fn missing_secrets_name_the_field_and_the_secret() {
     let plan = plan_of(&policy_text()).unwrap();
     let handler = sidecar(&plan, Component::VirtHandler);
     let present: BTreeSet<String> = ["token".to_owned()].into();
+    let lookup = |name: &str| match name {
+        "otlp-auth" | "influx-auth" | "mimir-auth" | "mimir-client" => Some(present.clone()),
+        _ => None,
+    };
     let found = missing_secrets(
         &plan.namespace,
         handler.component,
         &handler.secrets,
-        |name| match name {
-            "otlp-auth" | "influx-auth" | "mimir-auth" | "mimir-client" => Some(present.clone()),
-            _ => None,
-        },
+        &lookup,
     );
     assert_eq!(
         found,
@@ -337,6 +338,35 @@ fn missing_secrets_name_the_field_and_the_secret() {
             "virt-handler: remoteWrite.tls.keySecretRef: Secret kubevirt/mimir-client has no key \"tls.key\"",
         ]
     );
+    // The whole plan: what the controller reads and reports.
+    assert_eq!(
+        plan.secret_names(),
+        [
+            "influx-auth",
+            "mimir-auth",
+            "mimir-client",
+            "monitoring-ca",
+            "otlp-auth"
+        ]
+    );
+    let all = plan.missing_secrets(lookup);
+    assert!(all.len() > found.len());
+    assert!(
+        all.starts_with(&found),
+        "component order, virt-handler first"
+    );
+    assert!(
+        all.iter()
+            .any(|m| m.starts_with("virt-operator: otlp.tls.caSecretRef"))
+    );
+    let every_key = |_: &str| {
+        Some(
+            ["token", "password", "ca.crt", "tls.crt", "tls.key"]
+                .map(String::from)
+                .into(),
+        )
+    };
+    assert_eq!(plan.missing_secrets(every_key), Vec::<String>::new());
 }
 
 #[test]

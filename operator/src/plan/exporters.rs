@@ -498,7 +498,7 @@ pub fn missing_secrets(
     namespace: &str,
     component: Component,
     secrets: &[SecretUse],
-    lookup: impl Fn(&str) -> Option<BTreeSet<String>>,
+    lookup: &dyn Fn(&str) -> Option<BTreeSet<String>>,
 ) -> Vec<String> {
     secrets
         .iter()
