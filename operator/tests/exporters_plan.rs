@@ -388,6 +388,10 @@ fn render_prints_flags_volumes_and_mounts_or_the_problem() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "kubevirt-metrics-operator render: warning: the sidecars' exporters read the Secrets influx-auth, mimir-auth, mimir-client, monitoring-ca, otlp-auth in namespace kubevirt: create them there (a missing Secret or key leaves that sink without its file)\n"
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     for part in [
         r#""--otlp-endpoint","https://otel-collector.monitoring:4317""#,
