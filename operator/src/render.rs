@@ -234,11 +234,19 @@ pub fn render(
             kubevirt_writes(&kv, &plan)
         }
     };
-    let warnings = if target.is_none() {
+    let mut warnings = if target.is_none() {
         vec![WHOLE_LIST_WARNING.to_owned()]
     } else {
         Vec::new()
     };
+    let secrets = plan.secret_names();
+    if !secrets.is_empty() {
+        warnings.push(format!(
+            "the sidecars' exporters read the Secrets {} in namespace {}: create them there (a missing Secret or key leaves that sink without its file)",
+            secrets.join(", "),
+            plan.namespace
+        ));
+    }
     Ok(Rendered {
         target_object,
         target_request,

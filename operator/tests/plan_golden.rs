@@ -368,7 +368,7 @@ fn check_pod(component: Component, object: &Value) {
 #[test]
 fn patches_keep_the_component_container_first_on_real_manifests() {
     // Every component through customizeComponents, on an empty and on a crowded CR.
-    for case in ["overrides", "foreign-patches"] {
+    for case in ["overrides", "foreign-patches", "exporters"] {
         let kubevirt = load_kubevirt(case);
         let plan = load_plan(case, Some(&kubevirt));
         let patches = kubevirt_change(&kubevirt, &plan).patches;
@@ -441,34 +441,39 @@ fn a_plain_strategic_patch_would_put_the_sidecar_first() {
 
 #[test]
 fn virt_operator_apply_body_names_the_real_deployment_and_its_volumes() {
-    let plan = load_plan("overrides", None);
-    let body = plan
-        .virt_operator
-        .expect("virt-operator is enabled in overrides");
-    let deployment = manifest(Component::VirtOperator);
-    assert_eq!(body["metadata"]["name"], deployment["metadata"]["name"]);
-    assert_eq!(
-        body["metadata"]["namespace"],
-        deployment["metadata"]["namespace"]
-    );
-    // Server-side apply merges containers by name, like a strategic merge without
-    // reordering directives; kubectl's strategic merge of the body shows the result has the
-    // virt-operator container untouched and every sidecar mount resolvable.
-    let merged = strategic_patch(&deployment, &body.to_string());
-    let names = container_names(&merged);
-    assert!(
-        names.contains(&"virt-operator".to_owned())
-            && names.contains(&"metrics-sidecar".to_owned())
-    );
-    let volumes: BTreeSet<&str> = merged["spec"]["template"]["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap())
-        .collect();
-    let sidecar = &body["spec"]["template"]["spec"]["containers"][0];
-    for mount in sidecar["volumeMounts"].as_array().into_iter().flatten() {
-        assert!(volumes.contains(mount["name"].as_str().unwrap()));
+    for case in ["overrides", "exporters"] {
+        let plan = load_plan(case, None);
+        let body = plan
+            .virt_operator
+            .expect("virt-operator is enabled in the case");
+        let deployment = manifest(Component::VirtOperator);
+        assert_eq!(body["metadata"]["name"], deployment["metadata"]["name"]);
+        assert_eq!(
+            body["metadata"]["namespace"],
+            deployment["metadata"]["namespace"]
+        );
+        // Server-side apply merges containers by name, like a strategic merge without
+        // reordering directives; kubectl's strategic merge of the body shows the result has
+        // the virt-operator container untouched and every sidecar mount resolvable.
+        let merged = strategic_patch(&deployment, &body.to_string());
+        let names = container_names(&merged);
+        assert!(
+            names.contains(&"virt-operator".to_owned())
+                && names.contains(&"metrics-sidecar".to_owned())
+        );
+        let volumes: BTreeSet<&str> = merged["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        let sidecar = &body["spec"]["template"]["spec"]["containers"][0];
+        for mount in sidecar["volumeMounts"].as_array().into_iter().flatten() {
+            assert!(
+                volumes.contains(mount["name"].as_str().unwrap()),
+                "{case}: {mount}"
+            );
+        }
     }
 }
 
@@ -476,7 +481,7 @@ fn virt_operator_apply_body_names_the_real_deployment_and_its_volumes() {
 
 #[test]
 fn sidecar_arguments_parse_with_the_collector_flags() {
-    for case in ["minimal", "overrides", "foreign-patches"] {
+    for case in ["minimal", "overrides", "foreign-patches", "exporters"] {
         let plan = load_plan(case, None);
         for sidecar in &plan.sidecars {
             let args: Vec<String> = sidecar.container["args"]

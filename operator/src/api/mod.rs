@@ -2,6 +2,7 @@
 //! types the operator reads and writes. No client code here.
 
 pub mod component;
+pub mod exporters;
 pub mod hyperconverged;
 pub mod kubevirt;
 pub mod policy;

@@ -18,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::component::Component;
+use super::exporters::{Aggregations, Exporters};
 
 /// The ports KubeVirt's components already use (metrics/webhook/console/vmstats); a sidecar
 /// port equal to one of them would clash inside the pod.
@@ -120,6 +121,11 @@ pub struct MetricsSidecarPolicySpec {
     /// only when its CRDs (monitoring.coreos.com/v1) are served; status says why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSettings>,
+
+    /// Aggregation and dropping every sidecar applies before `/metrics` and each push sink
+    /// (a component's own `aggregations` replaces this as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregations: Option<Aggregations>,
 }
 
 /// How Prometheus is told to scrape the sidecars.
@@ -231,6 +237,16 @@ impl Components {
         }
     }
 
+    /// The component's own `aggregations`, if it sets them.
+    pub fn aggregations(&self, component: Component) -> Option<&Aggregations> {
+        match component {
+            Component::VirtHandler => self.virt_handler.as_ref()?.aggregations.as_ref(),
+            Component::VirtController => self.virt_controller.as_ref()?.aggregations.as_ref(),
+            Component::VirtApi => self.virt_api.as_ref()?.aggregations.as_ref(),
+            Component::VirtOperator => self.virt_operator.as_ref()?.aggregations.as_ref(),
+        }
+    }
+
     /// The component's overrides, if the component is listed.
     pub fn settings(&self, component: Component) -> Option<&SidecarSettings> {
         match component {
@@ -254,6 +270,10 @@ pub struct ComponentSettings {
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
 
+    /// Replaces `spec.aggregations` for this component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregations: Option<Aggregations>,
+
     #[serde(flatten)]
     pub sidecar: SidecarSettings,
 }
@@ -262,6 +282,7 @@ impl Default for ComponentSettings {
     fn default() -> Self {
         Self {
             enabled: true,
+            aggregations: None,
             sidecar: SidecarSettings::default(),
         }
     }
@@ -280,6 +301,10 @@ pub struct VirtHandlerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<StatsSource>,
 
+    /// Replaces `spec.aggregations` for virt-handler (where the per-VMI series are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregations: Option<Aggregations>,
+
     #[serde(flatten)]
     pub sidecar: SidecarSettings,
 }
@@ -289,6 +314,7 @@ impl Default for VirtHandlerSettings {
         Self {
             enabled: true,
             source: None,
+            aggregations: None,
             sidecar: SidecarSettings::default(),
         }
     }
@@ -369,6 +395,12 @@ pub struct SidecarSettings {
     /// SELinux type on OpenShift).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+
+    /// Push sinks (OTLP, Prometheus remote write, InfluxDB) next to `/metrics`; none by
+    /// default. Per sink, a component's setting replaces the one in `spec.defaults`.
+    /// Credentials are Secret references, mounted read-only into the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exporters: Option<Exporters>,
 }
 
 /// TLS of the sidecar's endpoint.

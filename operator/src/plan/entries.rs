@@ -56,14 +56,16 @@ impl PatchEntry {
     }
 }
 
-/// The strategic patch adding `container` to `component`'s pod template.
+/// The strategic patch adding `container` (and the pod `volumes` only it mounts, merged by
+/// name) to `component`'s pod template.
 pub fn sidecar_entry(
     component: Component,
     owner: &str,
     sidecar_name: &str,
     container: Value,
+    volumes: &[Value],
 ) -> Result<PatchEntry, PlanError> {
-    let body = json!({
+    let mut body = json!({
         "spec": {
             "template": {
                 "metadata": {"annotations": {MARKER_ANNOTATION: owner}},
@@ -77,6 +79,13 @@ pub fn sidecar_entry(
             },
         },
     });
+    if !volumes.is_empty()
+        && let Some(spec) = body
+            .pointer_mut("/spec/template/spec")
+            .and_then(Value::as_object_mut)
+    {
+        spec.insert("volumes".to_owned(), Value::Array(volumes.to_vec()));
+    }
     Ok(PatchEntry {
         resource_name: component.workload_name().to_owned(),
         resource_type: component.resource_type().to_owned(),

@@ -17,6 +17,7 @@
 
 pub mod backports;
 pub mod entries;
+pub mod exporters;
 pub mod hco;
 pub mod monitoring;
 pub mod promql;
@@ -59,6 +60,12 @@ pub enum PlanError {
         value: String,
         reason: String,
     },
+    #[error("{component}: exporters: {}", problems.join("; "))]
+    Exporters {
+        component: Component,
+        /// Each `<policy field>: <what is wrong>`.
+        problems: Vec<String>,
+    },
     #[error("the HyperConverged annotation kubevirt.kubevirt.io/jsonpatch cannot be read: {0}")]
     BadHcoAnnotation(String),
     #[error("backports: {0}")]
@@ -75,6 +82,10 @@ pub struct PlannedSidecar {
     pub component: Component,
     pub image: String,
     pub container: Value,
+    /// Pod volumes the sidecar needs besides the component's own (its sinks' Secrets).
+    pub volumes: Vec<Value>,
+    /// The Secret keys those volumes project, with the policy fields naming them.
+    pub secrets: Vec<exporters::SecretUse>,
 }
 
 /// Everything one policy wants.
@@ -96,6 +107,30 @@ impl Plan {
     /// Our entries as JSON values, ready to merge into a `patches` list.
     pub fn entry_values(&self) -> Vec<Value> {
         self.entries.iter().map(PatchEntry::to_value).collect()
+    }
+
+    /// Names of the Secrets (in [`Plan::namespace`]) the sidecars' sinks read, sorted.
+    pub fn secret_names(&self) -> Vec<String> {
+        let names: std::collections::BTreeSet<&str> = self
+            .sidecars
+            .iter()
+            .flat_map(|s| s.secrets.iter().map(|u| u.secret.name.as_str()))
+            .collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Every Secret reference of every sidecar that `lookup` (Secret name → its keys, None
+    /// when absent) cannot satisfy, in words, in component order: for the status.
+    pub fn missing_secrets(
+        &self,
+        lookup: impl Fn(&str) -> Option<std::collections::BTreeSet<String>>,
+    ) -> Vec<String> {
+        self.sidecars
+            .iter()
+            .flat_map(|s| {
+                exporters::missing_secrets(&self.namespace, s.component, &s.secrets, &lookup)
+            })
+            .collect()
     }
 
     /// The plan without the sidecars of `excluded` (components rolled back for an unhealthy
@@ -151,18 +186,22 @@ pub fn plan(
                 &plan.owner,
                 &resolved.container_name,
                 container.clone(),
+                &resolved.export.volumes,
             )?);
         } else {
             plan.virt_operator = Some(virt_operator::apply_body(
                 &plan.namespace,
                 &plan.owner,
                 container.clone(),
+                &resolved.export.volumes,
             ));
         }
         plan.sidecars.push(PlannedSidecar {
             component,
             image: resolved.image,
             container,
+            volumes: resolved.export.volumes,
+            secrets: resolved.export.secrets,
         });
     }
     Ok(plan)

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::PlanError;
+use super::exporters::{self, ResolvedExport};
 use crate::api::policy::{RESERVED_PORT_NAMES, RESERVED_PORTS};
 use crate::api::{
     CollectorMode, Component, MetricsSidecarPolicySpec, PullPolicy, SidecarSettings, StatsSource,
@@ -72,6 +73,8 @@ pub struct ResolvedSidecar {
     pub extra_args: Vec<String>,
     pub env: Vec<EnvVar>,
     pub security_context: Option<SecurityContext>,
+    /// Push sinks, aggregation, and the Secret volumes they read.
+    pub export: ResolvedExport,
 }
 
 /// Resolves `component`'s settings from the policy spec. `kubevirt_pull_policy` is the
@@ -108,6 +111,12 @@ pub fn resolve(
         (Component::VirtHandler, Some(handler)) => handler.source.unwrap_or(StatsSource::Launcher),
         _ => StatsSource::Launcher,
     };
+    let export = exporters::resolve(spec, component)?;
+    let extra_args = own
+        .and_then(|s| s.extra_args.clone())
+        .or_else(|| base.extra_args.clone())
+        .unwrap_or_default();
+    exporters::conflicting_extra_args(component, &export.args, &extra_args)?;
 
     Ok(ResolvedSidecar {
         component,
@@ -134,10 +143,7 @@ pub fn resolve(
             .or(base.mode)
             .unwrap_or(CollectorMode::Complement),
         source,
-        extra_args: own
-            .and_then(|s| s.extra_args.clone())
-            .or_else(|| base.extra_args.clone())
-            .unwrap_or_default(),
+        extra_args,
         env: own
             .and_then(|s| s.env.clone())
             .or_else(|| base.env.clone())
@@ -145,6 +151,7 @@ pub fn resolve(
         security_context: own
             .and_then(|s| s.security_context.clone())
             .or_else(|| base.security_context.clone()),
+        export,
     })
 }
 

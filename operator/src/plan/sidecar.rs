@@ -12,7 +12,10 @@
 //!   already is in the same pod);
 //! - readiness on `/readyz`, liveness on `/healthz`, lenient: a sidecar restart fails
 //!   virt-operator's canary rollout of virt-handler;
-//! - the least privilege its source needs (see [`security_context`]).
+//! - the least privilege its source needs (see [`security_context`]);
+//! - with push sinks: their flags, and read-only mounts of the Secret volumes their
+//!   credentials come from (see `plan::exporters`; the volumes go into the pod by the same
+//!   patch).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -168,6 +171,7 @@ fn common_args(sidecar: &ResolvedSidecar) -> CommonArgs {
         tls_key,
         interval: sidecar.interval,
         collection_timeout: COLLECTION_TIMEOUT.min(sidecar.interval),
+        export: sidecar.export.args.clone(),
         ..CommonArgs::default()
     }
 }
@@ -204,6 +208,7 @@ fn volume_mounts(sidecar: &ResolvedSidecar) -> Vec<Value> {
         let (volume, path) = sidecar.component.serving_cert_volume();
         mounts.push(json!({"name": volume, "mountPath": path, "readOnly": true}));
     }
+    mounts.extend(sidecar.export.mounts.iter().cloned());
     mounts
 }
 
