@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use e2e::{Peers, parse_series};
-use kubevirt_metrics_collectors::handler::StatsSource;
 use kubevirt_metrics_collectors::core::export::{Batch, Resource, otlp};
 use kubevirt_metrics_collectors::core::format::text;
+use kubevirt_metrics_collectors::handler::StatsSource;
 use kubevirt_metrics_collectors::handler::families;
 use kubevirt_metrics_collectors::handler::libvirt::LibvirtSource;
 use kubevirt_metrics_flags::{ExportArgs, OtlpCompression, OtlpProtocol};

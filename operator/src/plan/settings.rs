@@ -7,6 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, SecurityContext};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use kubevirt_metrics_flags::defaults;
+
 use super::PlanError;
 use super::exporters::{self, ResolvedExport};
 use crate::api::policy::{RESERVED_PORT_NAMES, RESERVED_PORTS};
@@ -32,9 +34,9 @@ impl Default for PlanDefaults {
         let quantity = |q: &str| Quantity(q.to_owned());
         Self {
             container_name: "metrics-sidecar".to_owned(),
-            port: i32::from(kubevirt_metrics_flags::DEFAULT_PORT),
+            port: i32::from(defaults::DEFAULT_PORT),
             port_name: "sidecar-metrics".to_owned(),
-            interval: Duration::from_secs(30),
+            interval: defaults::duration(defaults::INTERVAL),
             pull_policy: PullPolicy::IfNotPresent,
             resources: ResourceRequirements {
                 requests: Some(

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use kubevirt_metrics_flags::{
     ApiArgs, CommonArgs, ControllerArgs, DEFAULT_NAMESPACE, DEFAULT_PORT, HandlerArgs, Mode,
-    OperatorArgs, Source as CollectorSource, VIRT_CONTROLLER_LEASE, VIRT_OPERATOR_LEASE,
+    OperatorArgs, Source as CollectorSource, VIRT_CONTROLLER_LEASE, VIRT_OPERATOR_LEASE, defaults,
 };
 use serde_json::{Value, json};
 
@@ -34,8 +34,6 @@ use crate::api::{CollectorMode, Component, StatsSource};
 pub const KUBELET_PODS_VOLUME: &str = "kubelet-pods";
 /// Where virt-handler (and so the sidecar) mounts it.
 pub const KUBELET_PODS_MOUNT: &str = "/pods";
-/// The collectors' default collection timeout; shortened to the interval when that is less.
-const COLLECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The sidecar's container object.
 pub fn container(sidecar: &ResolvedSidecar) -> Result<Value, PlanError> {
@@ -170,7 +168,8 @@ fn common_args(sidecar: &ResolvedSidecar) -> CommonArgs {
         tls_cert,
         tls_key,
         interval: sidecar.interval,
-        collection_timeout: COLLECTION_TIMEOUT.min(sidecar.interval),
+        // The collectors' default timeout, shortened to the interval when that is less.
+        collection_timeout: defaults::duration(defaults::COLLECTION_TIMEOUT).min(sidecar.interval),
         export: sidecar.export.args.clone(),
         ..CommonArgs::default()
     }
@@ -179,15 +178,21 @@ fn common_args(sidecar: &ResolvedSidecar) -> CommonArgs {
 fn env(sidecar: &ResolvedSidecar) -> Result<Vec<Value>, PlanError> {
     let from_field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let mut env = Vec::new();
-    match sidecar.component {
-        Component::VirtHandler => env.push(from_field("NODE_NAME", "spec.nodeName")),
-        // Where KubeVirt lives (its Leases, CR, ConfigMaps) and which pod this is (compared
-        // with the Lease holder to export leader-only metrics once).
-        Component::VirtController | Component::VirtOperator => {
-            env.push(from_field("POD_NAMESPACE", "metadata.namespace"));
-            env.push(from_field("POD_NAME", "metadata.name"));
-        }
-        Component::VirtApi => {}
+    // OTLP names the node, pod and namespace in its resource attributes; every sidecar
+    // that pushes OTLP gets all three.
+    let otlp = sidecar.export.args.otlp_endpoint.is_some();
+    if sidecar.component == Component::VirtHandler || otlp {
+        env.push(from_field("NODE_NAME", "spec.nodeName"));
+    }
+    // Where KubeVirt lives (its Leases, CR, ConfigMaps) and which pod this is (compared
+    // with the Lease holder to export leader-only metrics once).
+    if matches!(
+        sidecar.component,
+        Component::VirtController | Component::VirtOperator
+    ) || otlp
+    {
+        env.push(from_field("POD_NAMESPACE", "metadata.namespace"));
+        env.push(from_field("POD_NAME", "metadata.name"));
     }
     for var in &sidecar.env {
         env.push(to_json(var)?);
