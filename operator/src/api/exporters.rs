@@ -85,6 +85,10 @@ pub struct OtlpExporter {
     /// TLS towards the receiver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
+
+    /// Compress request bodies with gzip (both protocols). Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip: Option<bool>,
 }
 
 /// OTLP transport.
@@ -191,6 +195,10 @@ pub struct InfluxExporter {
     /// TLS towards InfluxDB (server verification only: the sink has no client certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsSettings>,
+
+    /// Compress request bodies with gzip (`Content-Encoding: gzip`). Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip: Option<bool>,
 }
 
 /// Timestamp precision of line protocol.

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kubevirt_metrics_flags::{ExportArgs, InfluxPrecision, OtlpProtocol};
+use kubevirt_metrics_flags::{ExportArgs, InfluxPrecision, OtlpCompression, OtlpProtocol};
 use serde_json::{Value, json};
 
 use super::PlanError;
@@ -193,6 +193,9 @@ impl Builder {
             Some(OtlpProtocolSetting::Grpc) => OtlpProtocol::Grpc,
             Some(OtlpProtocolSetting::Http) | None => OtlpProtocol::Http,
         };
+        if otlp.gzip == Some(true) {
+            self.args.otlp_compression = OtlpCompression::Gzip;
+        }
         for (name, value) in otlp.headers.iter().flatten() {
             match check_header(name, value) {
                 Ok(()) => self.args.otlp_headers.push(format!("{name}={value}")),
@@ -294,6 +297,7 @@ impl Builder {
             Some(InfluxPrecisionSetting::Ms) => InfluxPrecision::Ms,
             Some(InfluxPrecisionSetting::S) => InfluxPrecision::S,
         };
+        self.args.influx_gzip = influx.gzip.unwrap_or(false);
         if let Some(tls) = &influx.tls {
             self.args.influx_ca = self.server_tls(sink, tls);
             self.args.influx_insecure_skip_verify = tls.insecure_skip_verify.unwrap_or(false);
