@@ -32,6 +32,24 @@ pub enum ApiBackport {
     ReadyStatus,
 }
 
+/// `--namespace`, `--pod-name` and `--leader-lease` where they differ from the defaults
+/// (the leader-rule flags of virt-controller-metrics and virt-operator-metrics).
+fn leader_args(
+    args: &mut Vec<String>,
+    [namespace, pod_name, lease]: [&String; 3],
+    default_lease: &str,
+) {
+    if namespace != DEFAULT_NAMESPACE {
+        push(args, "--namespace", namespace.clone());
+    }
+    if !pod_name.is_empty() {
+        push(args, "--pod-name", pod_name.clone());
+    }
+    if lease != default_lease {
+        push(args, "--leader-lease", lease.clone());
+    }
+}
+
 fn render_backports<T: ValueEnum>(args: &mut Vec<String>, backports: &[T]) {
     for backport in backports {
         if let Some(value) = backport.to_possible_value() {
@@ -96,15 +114,11 @@ impl Default for ControllerArgs {
 impl ControllerArgs {
     pub fn to_args(&self) -> Vec<String> {
         let mut args = self.common.to_args();
-        if self.namespace != DEFAULT_NAMESPACE {
-            push(&mut args, "--namespace", self.namespace.clone());
-        }
-        if !self.pod_name.is_empty() {
-            push(&mut args, "--pod-name", self.pod_name.clone());
-        }
-        if self.leader_lease != VIRT_CONTROLLER_LEASE {
-            push(&mut args, "--leader-lease", self.leader_lease.clone());
-        }
+        leader_args(
+            &mut args,
+            [&self.namespace, &self.pod_name, &self.leader_lease],
+            VIRT_CONTROLLER_LEASE,
+        );
         if self.ignore_leadership {
             args.push("--ignore-leadership".to_owned());
         }
@@ -190,15 +204,11 @@ impl Default for OperatorArgs {
 impl OperatorArgs {
     pub fn to_args(&self) -> Vec<String> {
         let mut args = self.common.to_args();
-        if self.namespace != DEFAULT_NAMESPACE {
-            push(&mut args, "--namespace", self.namespace.clone());
-        }
-        if !self.pod_name.is_empty() {
-            push(&mut args, "--pod-name", self.pod_name.clone());
-        }
-        if self.leader_lease != VIRT_OPERATOR_LEASE {
-            push(&mut args, "--leader-lease", self.leader_lease.clone());
-        }
+        leader_args(
+            &mut args,
+            [&self.namespace, &self.pod_name, &self.leader_lease],
+            VIRT_OPERATOR_LEASE,
+        );
         render_backports(&mut args, &self.backports);
         args
     }
