@@ -494,35 +494,6 @@ pub fn conflicting_extra_args(
     }
 }
 
-/// The references among `secrets` that `lookup` cannot satisfy, in words. `lookup(name)`
-/// gives the keys of the Secret `name` in the policy's namespace, or None when it does not
-/// exist. Meant for the controller, which reads the Secrets (and so needs `get` on Secrets in
-/// KubeVirt's namespace) and puts the result in the status.
-pub fn missing_secrets(
-    namespace: &str,
-    component: Component,
-    secrets: &[SecretUse],
-    lookup: &dyn Fn(&str) -> Option<BTreeSet<String>>,
-) -> Vec<String> {
-    secrets
-        .iter()
-        .filter_map(|used| {
-            let name = &used.secret.name;
-            match lookup(name) {
-                None => Some(format!(
-                    "{component}: {}: Secret {namespace}/{name} not found",
-                    used.field
-                )),
-                Some(keys) if !keys.contains(&used.secret.key) => Some(format!(
-                    "{component}: {}: Secret {namespace}/{name} has no key {:?}",
-                    used.field, used.secret.key
-                )),
-                Some(_) => None,
-            }
-        })
-        .collect()
-}
-
 /// `http://` or `https://`, a host, no credentials, no spaces (what the CEL rules admit).
 pub fn check_url(url: &str) -> Result<(), String> {
     let lower = url.to_ascii_lowercase();

@@ -119,20 +119,6 @@ impl Plan {
         names.into_iter().map(str::to_owned).collect()
     }
 
-    /// Every Secret reference of every sidecar that `lookup` (Secret name → its keys, None
-    /// when absent) cannot satisfy, in words, in component order: for the status.
-    pub fn missing_secrets(
-        &self,
-        lookup: impl Fn(&str) -> Option<std::collections::BTreeSet<String>>,
-    ) -> Vec<String> {
-        self.sidecars
-            .iter()
-            .flat_map(|s| {
-                exporters::missing_secrets(&self.namespace, s.component, &s.secrets, &lookup)
-            })
-            .collect()
-    }
-
     /// The plan without the sidecars of `excluded` (components rolled back for an unhealthy
     /// sidecar): their entries go, and virt-operator's apply body when it is among them.
     /// The other entries keep their bytes.
