@@ -281,3 +281,21 @@ async fn ignore_leadership_exports_without_a_lease_and_the_backport_follows_the_
             .contains("\nkubevirt_virt_controller_leading_status 1\n")
     );
 }
+
+/// The first export does not wait for the next interval tick: once every watch has listed
+/// its objects, the collector's trigger fires, and the pass it asks for exports.
+#[tokio::test]
+async fn the_trigger_fires_when_the_watches_have_settled() {
+    let api = FakeApi::start().await;
+    api.serve_objects(cluster_docs());
+    api.set_lease("virt-controller", Some(ME));
+    let collector = ControllerCollector::new(api.client(), options());
+    let trigger = collector.trigger().expect("the controller collector offers a trigger");
+    // The first pass finds the Lease held and starts the watches; nothing to export yet.
+    let first = collect(&collector).await;
+    assert!(!has(&first, "kubevirt_vm_info"));
+    tokio::time::timeout(Duration::from_secs(10), trigger.fired())
+        .await
+        .expect("fired once every watch listed its objects");
+    assert!(has(&collect(&collector).await, "kubevirt_vm_info"));
+}

@@ -35,7 +35,7 @@ use kube::Client;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::core::collect::{Collection, Collector, Problem};
+use crate::core::collect::{Collection, Collector, Problem, Trigger};
 use crate::k8s::lease::LeaseReader;
 use kubevirt_metrics_flags::{ControllerArgs, ControllerBackport};
 use store::ObjectKind;
@@ -71,6 +71,8 @@ pub struct ControllerCollector {
     /// `None` when nothing needs the Lease (leadership ignored, no backport).
     lease: Option<LeaseReader>,
     inner: Mutex<Inner>,
+    /// Fired when the watches have settled: the first export need not wait for the tick.
+    trigger: Trigger,
 }
 
 #[derive(Default)]
@@ -102,6 +104,7 @@ impl ControllerCollector {
             options,
             lease,
             inner: Mutex::new(Inner::default()),
+            trigger: Trigger::new(),
         }
     }
 
@@ -128,7 +131,11 @@ impl ControllerCollector {
         if exporting {
             if inner.watches.is_none() {
                 tracing::info!("starting watches");
-                inner.watches = Some(WatchSet::start(&self.client, &self.options.namespace));
+                inner.watches = Some(WatchSet::start(
+                    &self.client,
+                    &self.options.namespace,
+                    self.trigger.clone(),
+                ));
                 inner.waiting_logged = false;
             }
         } else if let Some(watches) = inner.watches.take() {
@@ -189,6 +196,10 @@ impl ControllerCollector {
 impl Collector for ControllerCollector {
     fn collect(&self, deadline: Instant) -> BoxFuture<'_, Collection> {
         Box::pin(self.pass(deadline))
+    }
+
+    fn trigger(&self) -> Option<Trigger> {
+        Some(self.trigger.clone())
     }
 }
 

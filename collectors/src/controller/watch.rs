@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::store::{ClusterState, ObjectKind, StateError};
-use crate::core::collect::Problem;
+use crate::core::collect::{Problem, Trigger};
 use crate::k8s::objects::{VM_LABELS_CONFIG_MAP, object_key, to_json};
 use crate::k8s::status_kind;
 
@@ -157,8 +157,10 @@ fn write(shared: &RwLock<Shared>) -> RwLockWriteGuard<'_, Shared> {
 }
 
 impl WatchSet {
-    /// Starts one watch per kind; `namespace` is KubeVirt's.
-    pub fn start(client: &Client, namespace: &str) -> Self {
+    /// Starts one watch per kind; `namespace` is KubeVirt's. `settled` is fired when the
+    /// set becomes [settled](Self::settled), so the families can be published at once rather
+    /// than at the next interval tick.
+    pub fn start(client: &Client, namespace: &str, settled: Trigger) -> Self {
         let shared = Arc::new(RwLock::new(Shared::default()));
         let cancel = CancellationToken::new();
         let tasks = ObjectKind::ALL
@@ -172,6 +174,7 @@ impl WatchSet {
                     config,
                     Arc::clone(&shared),
                     cancel.child_token(),
+                    settled.clone(),
                 ))
             })
             .collect();
@@ -243,6 +246,7 @@ async fn run(
     config: watcher::Config,
     shared: Arc<RwLock<Shared>>,
     cancel: CancellationToken,
+    settled: Trigger,
 ) {
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
@@ -256,9 +260,13 @@ async fn run(
         let Some(item) = item else {
             return;
         };
+        let was_settled = read(&shared).settled();
         match item {
             Ok(event) => apply_event(kind, event, &shared, &mut relist),
             Err(error) => record_error(kind, &error, &shared),
+        }
+        if !was_settled && read(&shared).settled() {
+            settled.fire();
         }
     }
 }
