@@ -200,7 +200,7 @@ fn aggregate(rule: &Rule, metric: &str, samples: &[&Sample]) -> Option<Family> {
     let mut family = Family::new(
         name,
         format!(
-            "{} of the sidecar's {metric} series at collection time (aggregation rule `{}`).",
+            "{} over the sidecar's series at collection time (aggregation rule `{}`).",
             rule.expression(metric),
             rule.text
         ),
