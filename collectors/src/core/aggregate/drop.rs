@@ -20,38 +20,48 @@ pub fn drop_labels(families: Vec<Family>, labels: &[String]) -> Vec<Family> {
 }
 
 fn drop_from_family(mut family: Family, dropped: &[String]) -> Family {
-    let carries = |s: &Sample| s.labels.iter().any(|(n, _)| dropped.iter().any(|d| d == n));
-    if !family.samples.iter().any(carries) {
+    let is_dropped = |name: &str| dropped.iter().any(|d| d == name);
+    let mut changed = false;
+    for sample in &mut family.samples {
+        let before = sample.labels.len();
+        sample.labels.retain(|(name, _)| !is_dropped(name));
+        changed |= sample.labels.len() != before;
+    }
+    if !changed {
         return family;
     }
-    let mut merged: Vec<Sample> = Vec::with_capacity(family.samples.len());
-    let mut index: HashMap<(&'static str, Labels, Option<i64>), usize> = HashMap::new();
-    let mut unmergeable: Vec<bool> = Vec::new();
-    for mut sample in std::mem::take(&mut family.samples) {
-        sample
-            .labels
-            .retain(|(name, _)| !dropped.iter().any(|d| d == name));
-        let key = (sample.suffix, sample.labels.clone(), sample.timestamp_ms);
-        match index.get(&key) {
-            Some(&at) => {
-                if is_quantile(family.kind, &sample) {
-                    unmergeable[at] = true;
-                } else {
-                    merged[at].value += sample.value;
+    // Which earlier sample each sample merges into; keys borrow the samples, nothing cloned.
+    let count = family.samples.len();
+    let mut merge_into: Vec<Option<usize>> = vec![None; count];
+    {
+        let mut first: HashMap<(&str, &Labels, Option<i64>), usize> = HashMap::with_capacity(count);
+        for (i, sample) in family.samples.iter().enumerate() {
+            let key = (sample.suffix, &sample.labels, sample.timestamp_ms);
+            match first.get(&key) {
+                Some(&at) => merge_into[i] = Some(at),
+                None => {
+                    first.insert(key, i);
                 }
-            }
-            None => {
-                index.insert(key, merged.len());
-                merged.push(sample);
-                unmergeable.push(false);
             }
         }
     }
-    family.samples = merged
-        .into_iter()
-        .zip(unmergeable)
-        .filter_map(|(sample, bad)| (!bad).then_some(sample))
-        .collect();
+    let mut unmergeable = vec![false; count];
+    for (i, target) in merge_into.iter().enumerate() {
+        if let Some(at) = *target {
+            if is_quantile(family.kind, &family.samples[i]) {
+                unmergeable[at] = true;
+            } else {
+                let value = family.samples[i].value;
+                family.samples[at].value += value;
+            }
+        }
+    }
+    let mut index = 0;
+    family.samples.retain(|_| {
+        let keep = merge_into[index].is_none() && !unmergeable[index];
+        index += 1;
+        keep
+    });
     family
 }
 
