@@ -144,7 +144,16 @@ fn main() {
             },
         ),
         (
-            "every series: avg without (name) ({__name__=~\".+\"})",
+            "without: avg without (id, state) (the 3 vCPU families)",
+            ExportArgs {
+                aggregate: vec![
+                    r#"avg without (id, state) ({__name__=~"kubevirt_vmi_vcpu_.*"})"#.to_owned(),
+                ],
+                ..ExportArgs::default()
+            },
+        ),
+        (
+            "worst case, no reduction: avg without (name) (every series)",
             ExportArgs {
                 aggregate: vec![r#"avg without (name) ({__name__=~".+"})"#.to_owned()],
                 ..ExportArgs::default()

@@ -7,7 +7,7 @@
 //! cannot be merged, are left out for the merged series. Samples with different timestamps
 //! stay apart.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::core::metric::{Family, Labels, MetricType, Sample};
 
@@ -34,7 +34,8 @@ fn drop_from_family(mut family: Family, dropped: &[String]) -> Family {
     let count = family.samples.len();
     let mut merge_into: Vec<Option<usize>> = vec![None; count];
     {
-        let mut first: HashMap<(&str, &Labels, Option<i64>), usize> = HashMap::with_capacity(count);
+        let mut first: HashMap<(&str, &Labels, Option<i64>), usize> =
+            HashMap::with_capacity_and_hasher(count, Default::default());
         for (i, sample) in family.samples.iter().enumerate() {
             let key = (sample.suffix, &sample.labels, sample.timestamp_ms);
             match first.get(&key) {

@@ -11,7 +11,7 @@
 //!   mean PromQL keeps (equal to sum/count up to rounding, and well-defined with infinities),
 //!   `min`/`max` ignore NaN unless every value is NaN, `count` counts series.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::core::metric::{Family, LabelName, Labels, MetricType, Sample};
 
@@ -84,24 +84,42 @@ struct Group<'a> {
     timestamp_ms: Option<i64>,
 }
 
-/// The output families of `rule` over `families`, one per matched metric name, and the
-/// indices of the input families it read (for `drop`).
-pub fn evaluate(rule: &Rule, families: &[Family], read: &mut Vec<usize>) -> Vec<Family> {
+/// The metric names Prometheus would store for each family (family name + sample suffix),
+/// computed once per pass and shared by every rule.
+pub fn metric_names(families: &[Family]) -> Vec<Vec<(&'static str, String)>> {
+    families
+        .iter()
+        .map(|family| {
+            suffixes(family)
+                .into_iter()
+                .map(|suffix| (suffix, format!("{}{suffix}", family.name)))
+                .collect()
+        })
+        .collect()
+}
+
+/// The output families of `rule` over `families` (with their [`metric_names`]), one per
+/// matched metric name, and the indices of the input families it read (for `drop`).
+pub fn evaluate(
+    rule: &Rule,
+    families: &[Family],
+    names: &[Vec<(&'static str, String)>],
+    read: &mut Vec<usize>,
+) -> Vec<Family> {
     let mut out = Vec::new();
-    for (index, family) in families.iter().enumerate() {
+    for (index, (family, metrics)) in families.iter().zip(names).enumerate() {
         let mut matched = false;
-        for suffix in suffixes(family) {
-            let metric = format!("{}{suffix}", family.name);
-            if !rule.selector.matches(&metric) {
+        for (suffix, metric) in metrics {
+            if !rule.selector.matches(metric) {
                 continue;
             }
             matched = true;
             let samples: Vec<&Sample> = family
                 .samples
                 .iter()
-                .filter(|s| s.suffix == suffix)
+                .filter(|s| s.suffix == *suffix)
                 .collect();
-            if let Some(output) = aggregate(rule, &metric, &newest_only(samples)) {
+            if let Some(output) = aggregate(rule, metric, &newest_only(samples)) {
                 out.push(output);
             }
         }
@@ -112,10 +130,16 @@ pub fn evaluate(rule: &Rule, families: &[Family], read: &mut Vec<usize>) -> Vec<
     out
 }
 
-/// The distinct sample suffixes of a family, in first-seen order (at most four).
+/// The distinct sample suffixes of a family, in first-seen order (at most four). Samples
+/// come grouped, so comparing with the previous suffix's pointer settles almost all.
 fn suffixes(family: &Family) -> Vec<&'static str> {
     let mut found: Vec<&'static str> = Vec::with_capacity(4);
+    let mut previous: Option<&'static str> = None;
     for sample in &family.samples {
+        if previous.is_some_and(|p| std::ptr::eq(p, sample.suffix)) {
+            continue;
+        }
+        previous = Some(sample.suffix);
         if !found.contains(&sample.suffix) {
             found.push(sample.suffix);
         }
@@ -135,7 +159,7 @@ fn newest_only(samples: Vec<&Sample>) -> Vec<&Sample> {
         return samples;
     }
     let newness = |s: &Sample| s.timestamp_ms.unwrap_or(i64::MAX);
-    let mut newest: HashMap<Vec<(&str, &str)>, usize> = HashMap::new();
+    let mut newest: HashMap<Vec<(&str, &str)>, usize> = HashMap::default();
     let mut kept: Vec<&Sample> = Vec::with_capacity(samples.len());
     for sample in samples {
         let key: Vec<(&str, &str)> = present(&sample.labels)
@@ -159,7 +183,7 @@ fn newest_only(samples: Vec<&Sample>) -> Vec<&Sample> {
 /// The rule over one metric's samples; `None` when there are none.
 fn aggregate(rule: &Rule, metric: &str, samples: &[&Sample]) -> Option<Family> {
     let mut groups: Vec<Group<'_>> = Vec::new();
-    let mut index: HashMap<Vec<&str>, usize> = HashMap::new();
+    let mut index: HashMap<Vec<&str>, usize> = HashMap::default();
     let mut key: Vec<&str> = Vec::new();
     for &sample in samples {
         key.clear();
@@ -259,14 +283,12 @@ fn output_labels(grouping: &Grouping, sample: &Sample) -> Labels {
 /// leaving out `kubernetes_vmi_label_*` (copies of each VMI's own labels: they differ from
 /// VMI to VMI, as a target's labels do, which the convention leaves out of the level).
 fn level_labels(samples: &[Sample]) -> Vec<&str> {
-    let mut names: Vec<&str> = samples
+    let names: std::collections::BTreeSet<&str> = samples
         .iter()
         .flat_map(|s| s.labels.iter().map(|(name, _)| name.as_ref()))
         .filter(|name| !name.starts_with("kubernetes_vmi_label_"))
         .collect();
-    names.sort_unstable();
-    names.dedup();
-    names
+    names.into_iter().collect()
 }
 
 /// client_golang's series order: by the number of labels, then by the values in turn.
@@ -327,7 +349,12 @@ mod tests {
     }
 
     fn run(rule: &str, families: &[Family]) -> Vec<Family> {
-        evaluate(&parse(rule).unwrap(), families, &mut Vec::new())
+        evaluate(
+            &parse(rule).unwrap(),
+            families,
+            &metric_names(families),
+            &mut Vec::new(),
+        )
     }
 
     fn series(f: &Family) -> Vec<(Vec<(String, String)>, f64)> {
@@ -550,6 +577,7 @@ mod tests {
         let out = evaluate(
             &parse(r#"sum by (namespace) ({__name__=~"net_.x_bytes_total"})"#).unwrap(),
             &families,
+            &metric_names(&families),
             &mut read,
         );
         assert_eq!(read, [0, 1], "anchored: the third does not match");

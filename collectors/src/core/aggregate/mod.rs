@@ -106,11 +106,12 @@ impl Aggregation {
         } else {
             drop::drop_labels(families, &self.drop_labels)
         };
+        let names = engine::metric_names(&families);
         let mut outputs = Vec::new();
         let mut dropped = vec![false; families.len()];
         for rule in &self.rules {
             let mut read = Vec::new();
-            outputs.extend(engine::evaluate(rule, &families, &mut read));
+            outputs.extend(engine::evaluate(rule, &families, &names, &mut read));
             if !rule.keep_input {
                 for index in read {
                     dropped[index] = true;
