@@ -28,12 +28,12 @@ use support::*;
 
 /// The README's typical use: per-namespace CPU and memory, per-VMI per-vCPU series dropped.
 const TYPICAL: &[&str] = &[
-    "sum by (namespace) (kubevirt_vmi_cpu_usage_seconds_total)",
     "sum by (namespace) (kubevirt_vmi_vcpu_seconds_total) drop",
     "sum by (namespace) (kubevirt_vmi_vcpu_delay_seconds_total) drop",
     "sum by (namespace) (kubevirt_vmi_vcpu_wait_seconds_total) drop",
-    "sum by (namespace) (kubevirt_vmi_memory_resident_bytes)",
-    "sum by (namespace) (kubevirt_vmi_memory_domain_bytes)",
+    "sum by (namespace) (kubevirt_vmi_cpu_usage_seconds_total) drop",
+    "sum by (namespace) (kubevirt_vmi_memory_resident_bytes) drop",
+    "sum by (namespace) (kubevirt_vmi_memory_domain_bytes) drop",
     "sum by (namespace) (kubevirt_vmi_memory_available_bytes)",
     "sum by (namespace) (kubevirt_vmi_memory_usable_bytes)",
 ];
