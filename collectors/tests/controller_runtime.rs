@@ -290,7 +290,9 @@ async fn the_trigger_fires_when_the_watches_have_settled() {
     api.serve_objects(cluster_docs());
     api.set_lease("virt-controller", Some(ME));
     let collector = ControllerCollector::new(api.client(), options());
-    let trigger = collector.trigger().expect("the controller collector offers a trigger");
+    let trigger = collector
+        .trigger()
+        .expect("the controller collector offers a trigger");
     // The first pass finds the Lease held and starts the watches; nothing to export yet.
     let first = collect(&collector).await;
     assert!(!has(&first, "kubevirt_vm_info"));
