@@ -14,3 +14,20 @@ pub mod metric;
 pub mod runtime;
 pub mod selfmetrics;
 pub mod server;
+
+/// An error with its causes, for logs and problems:
+/// `error sending request: client error (Connect): tcp connect error: Connection refused`:
+/// reqwest's own message names no cause, the cause is in the source chain.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}

@@ -50,7 +50,7 @@ pub enum ComponentError {
     Client(#[source] reqwest::Error),
     #[error("{url}: no answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
-    #[error("{url}: {}", error_chain(.source))]
+    #[error("{url}: {}", crate::core::error_chain(.source))]
     Request {
         url: String,
         #[source]
@@ -292,22 +292,6 @@ fn healthz_identity(body: &[u8]) -> Option<String> {
         serde_json::Value::Number(version) => Some(version.to_string()),
         _ => None,
     }
-}
-
-/// `error sending request: client error (Connect): tcp connect error: Connection refused`:
-/// reqwest's own message names no cause, the cause is in the source chain.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 fn read_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, ComponentError> {

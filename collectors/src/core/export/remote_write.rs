@@ -40,6 +40,7 @@ use prost::Message;
 
 use super::http::{client, is_retryable, read};
 use super::{Batch, ConfigError, SendError, Sink};
+use crate::core::error_chain;
 use crate::core::metric::client_golang_order;
 
 const FLAG: &str = "--remote-write-url";
@@ -198,7 +199,7 @@ impl Sink for RemoteWrite {
             let response = request
                 .send()
                 .await
-                .map_err(|e| SendError::Retryable(format!("remote write: {}", chain(&e))))?;
+                .map_err(|e| SendError::Retryable(format!("remote write: {}", error_chain(&e))))?;
             let status = response.status();
             if status.is_success() {
                 *self
@@ -240,18 +241,6 @@ impl RemoteWrite {
             ),
         })
     }
-}
-
-/// An error with its causes ("error sending request: connection refused").
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The snappy-compressed protobuf of `request`.

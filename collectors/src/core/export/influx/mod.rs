@@ -21,6 +21,7 @@ use kubevirt_metrics_flags::{ExportArgs, InfluxPrecision};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 
 use super::{Batch, ConfigError, SendError, Sink, http};
+use crate::core::error_chain;
 use lineproto::Encoded;
 
 /// Points per request: InfluxDB's documentation recommends batches of 5,000 lines.
@@ -271,18 +272,6 @@ fn compress(body: &[u8]) -> std::io::Result<Vec<u8>> {
     );
     encoder.write_all(body)?;
     encoder.finish()
-}
-
-/// A reqwest error with its causes (`connection refused` sits a few sources down).
-fn error_chain(err: &reqwest::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn invalid(flag: &'static str, message: impl ToString) -> ConfigError {

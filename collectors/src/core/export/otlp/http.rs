@@ -19,6 +19,7 @@ use reqwest::header::{
 };
 
 use super::{Common, ENDPOINT_FLAG, RpcStatus, log_partial_success};
+use crate::core::error_chain;
 use crate::core::export::{Batch, ConfigError, SendError, Sink};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -100,10 +101,9 @@ impl HttpSink {
         if let Some(authorization) = self.common.authorization() {
             request = request.header(AUTHORIZATION, authorization);
         }
-        let response =
-            request.body(body).send().await.map_err(|error| {
-                SendError::Retryable(format!("OTLP/HTTP {}: {error}", self.url))
-            })?;
+        let response = request.body(body).send().await.map_err(|error| {
+            SendError::Retryable(format!("OTLP/HTTP {}: {}", self.url, error_chain(&error)))
+        })?;
         let status = response.status();
         let retry_after = response
             .headers()
