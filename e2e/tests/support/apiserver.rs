@@ -249,7 +249,27 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// Starts etcd and kube-apiserver on free ports. A port found free can be taken by a
+/// parallel test before the server binds it; that start is retried on new ports.
 async fn start_local(assets: &Path) -> anyhow::Result<ApiServer> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        match start_local_once(assets).await {
+            Err(error)
+                if attempt < ATTEMPTS && error.to_string().contains("address already in use") =>
+            {
+                eprintln!(
+                    "e2e: a port was taken before the server bound it; starting again on new ports"
+                );
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn start_local_once(assets: &Path) -> anyhow::Result<ApiServer> {
     let dir = tempfile::Builder::new()
         .prefix("kmo-e2e-apiserver-")
         .tempdir()?;
