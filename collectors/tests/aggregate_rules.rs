@@ -339,7 +339,7 @@ fn drop_label_merges_series_and_a_colliding_output_is_left_out() {
         .map(|s| {
             assert!(s.labels.iter().all(|(n, _)| n != "name"));
             let ns = s.labels.iter().find(|(n, _)| n == "namespace").unwrap();
-            (ns.1.clone(), s.value)
+            (ns.1.to_string(), s.value)
         })
         .collect();
     assert_eq!(

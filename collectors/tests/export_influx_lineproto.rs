@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
 use kubevirt_metrics_collectors::core::export::influx::lineproto::{
@@ -38,10 +37,10 @@ fn float(value: f64) -> String {
     String::from_utf8(buf).unwrap()
 }
 
-fn labels(pairs: &[(&'static str, &str)]) -> Vec<(Cow<'static, str>, String)> {
+fn labels(pairs: &[(&'static str, &str)]) -> kubevirt_metrics_collectors::core::metric::Labels {
     pairs
         .iter()
-        .map(|(k, v)| (Cow::Borrowed(*k), (*v).to_owned()))
+        .map(|(k, v)| ((*k).into(), (*v).into()))
         .collect()
 }
 

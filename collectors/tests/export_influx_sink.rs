@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::borrow::Cow;
 use std::io::Read as _;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,8 +81,8 @@ fn batch(samples: usize) -> Batch {
     for i in 0..samples {
         family.samples.push(Sample::new(
             vec![
-                (Cow::Borrowed("id"), i.to_string()),
-                (Cow::Borrowed("name"), "testvm".to_owned()),
+                (("id").into(), i.to_string().into()),
+                (("name").into(), ("testvm").into()),
             ],
             i as f64 + 0.5,
         ));

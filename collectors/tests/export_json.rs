@@ -28,7 +28,7 @@ fn families() -> Vec<Family> {
     ] {
         special
             .samples
-            .push(Sample::new(vec![("kind".into(), kind.to_owned())], value));
+            .push(Sample::new(vec![("kind".into(), kind.into())], value));
     }
     families.push(special);
     families

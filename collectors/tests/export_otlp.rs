@@ -12,7 +12,6 @@ mod otlp_https;
 #[path = "otlp_support/mod.rs"]
 mod otlp_support;
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -40,10 +39,9 @@ fn families() -> Vec<Family> {
         "An untyped family.",
         MetricType::Untyped,
     );
-    untyped.samples.push(Sample::new(
-        vec![(Cow::Borrowed("node"), "node-a".to_owned())],
-        4.5,
-    ));
+    untyped
+        .samples
+        .push(Sample::new(vec![(("node").into(), ("node-a").into())], 4.5));
     families.push(untyped);
     let kinds: BTreeSet<MetricType> = families.iter().map(|f| f.kind).collect();
     assert_eq!(kinds.len(), 5, "the input has every family type: {kinds:?}");
@@ -122,7 +120,7 @@ fn series_labels(sample: &Sample) -> Attributes {
         .labels
         .iter()
         .filter(|(name, _)| name != "le" && name != "quantile")
-        .map(|(name, value)| (name.to_string(), value.clone()))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
         .collect()
 }
 

@@ -208,7 +208,10 @@ fn sample() -> impl Strategy<Value = Sample> {
         prop::option::of(0i64..4_102_444_800_000),
     )
         .prop_map(|(labels, value, timestamp)| {
-            let labels = labels.into_iter().map(|(k, v)| (k.into(), v)).collect();
+            let labels = labels
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect();
             let sample = Sample::new(labels, value);
             match timestamp {
                 Some(ts) => sample.with_timestamp(ts),

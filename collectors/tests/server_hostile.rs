@@ -37,8 +37,8 @@ fn big_families() -> Vec<Family> {
     for i in 0..2000 {
         family.samples.push(Sample::new(
             vec![
-                ("name".into(), format!("vm-{i:05}")),
-                ("namespace".into(), "default".to_owned()),
+                ("name".into(), format!("vm-{i:05}").into()),
+                ("namespace".into(), "default".into()),
             ],
             f64::from(i) * 1024.0,
         ));

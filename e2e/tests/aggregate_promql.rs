@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use kubevirt_metrics_collectors::core::aggregate::Aggregation;
 use kubevirt_metrics_collectors::core::format::text;
-use kubevirt_metrics_collectors::core::metric::{Family, LabelName, MetricType, Sample};
+use kubevirt_metrics_collectors::core::metric::{Family, LabelName, Labels, MetricType, Sample};
 use kubevirt_metrics_collectors::handler::families;
 use kubevirt_metrics_collectors::handler::launcher::payload;
 use kubevirt_metrics_collectors::handler::stats::{VmiIdentity, VmiStats};
@@ -133,10 +133,10 @@ fn vmis() -> Vec<VmiStats> {
         .collect()
 }
 
-fn labels(pairs: &[(&'static str, &str)]) -> Vec<(LabelName, String)> {
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
     pairs
         .iter()
-        .map(|(n, v)| (LabelName::Borrowed(*n), (*v).to_owned()))
+        .map(|(n, v)| (LabelName::new_static(n), (*v).into()))
         .collect()
 }
 
@@ -396,7 +396,7 @@ fn our_series(family: &Family) -> Series {
         let labels: Vec<(String, String)> = sample
             .labels
             .iter()
-            .map(|(n, v)| (n.to_string(), v.clone()))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
         let mut sorted = labels.clone();
         sorted.sort();

@@ -208,7 +208,7 @@ fn ours(families: Vec<Family>, namespaces: &BTreeSet<String>) -> Vec<Family> {
             f.samples.retain(|s| {
                 s.labels
                     .iter()
-                    .any(|(n, v)| n == "namespace" && namespaces.contains(v))
+                    .any(|(n, v)| n == "namespace" && namespaces.contains(v.as_str()))
             });
             f
         })

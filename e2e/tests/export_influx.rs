@@ -8,7 +8,6 @@
 #[path = "support/influx_server.rs"]
 mod influx_server;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -100,12 +99,13 @@ fn captured_families() -> Vec<Family> {
         "Request latency in seconds. Broken down by verb and URL.",
         MetricType::Histogram,
     );
-    let labels = |pairs: &[(&'static str, &str)]| -> Vec<(Cow<'static, str>, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (Cow::Borrowed(*k), (*v).to_owned()))
-            .collect()
-    };
+    let labels =
+        |pairs: &[(&'static str, &str)]| -> kubevirt_metrics_collectors::core::metric::Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect()
+        };
     for (le, count) in [("0.005", 1.0), ("0.25", 7.0), ("+Inf", 9.0)] {
         let mut sample = Sample::new(
             labels(&[
@@ -312,10 +312,8 @@ async fn rejected_writes_are_permanent() {
     };
     // No such database: 404 with InfluxDB's message.
     let mut one = Family::new("kubevirt_vmi_memory_domain_bytes", "", MetricType::Gauge);
-    one.samples.push(Sample::new(
-        vec![(Cow::Borrowed("name"), "testvm".to_owned())],
-        1.0,
-    ));
+    one.samples
+        .push(Sample::new(vec![(("name").into(), ("testvm").into())], 1.0));
     match sink(&influx, "missing", InfluxPrecision::Ns, false)
         .send(&batch(vec![one.clone()]))
         .await
@@ -338,15 +336,12 @@ async fn rejected_writes_are_permanent() {
         .unwrap();
     assert_eq!(status, 204, "{body}");
     let mut timed = Family::new("kubevirt_vmi_info", "", MetricType::Gauge);
-    timed.samples.push(Sample::new(
-        vec![(Cow::Borrowed("time"), "noon".to_owned())],
-        1.0,
-    ));
+    timed
+        .samples
+        .push(Sample::new(vec![(("time").into(), ("noon").into())], 1.0));
     let mut fine = Family::new("kubevirt_vmi_vcpu_count", "", MetricType::Gauge);
-    fine.samples.push(Sample::new(
-        vec![(Cow::Borrowed("name"), "testvm".to_owned())],
-        2.0,
-    ));
+    fine.samples
+        .push(Sample::new(vec![(("name").into(), ("testvm").into())], 2.0));
     let result = sink(&influx, "conflicts", InfluxPrecision::Ns, false)
         .send(&batch(vec![one, timed, fine]))
         .await;

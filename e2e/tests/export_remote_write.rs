@@ -11,7 +11,6 @@
 
 mod export_remote_write_support;
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,10 +36,10 @@ struct ChangingCollector {
     migration_ms: Mutex<Option<i64>>,
 }
 
-fn labels(pairs: &[(&'static str, &str)]) -> Vec<(Cow<'static, str>, String)> {
+fn labels(pairs: &[(&'static str, &str)]) -> kubevirt_metrics_collectors::core::metric::Labels {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).into(), (*v).to_owned()))
+        .map(|(k, v)| ((*k).into(), (*v).into()))
         .collect()
 }
 
@@ -61,7 +60,7 @@ impl ChangingCollector {
         );
         for (vm, base) in [("fedora-1", 1000.0), ("win2k22", 5.0e9)] {
             let mut l = vmi(vm);
-            l.insert(0, ("interface".into(), "default".to_owned()));
+            l.insert(0, ("interface".into(), "default".into()));
             received.samples.push(Sample::new(l, base + pass * 1500.0));
         }
         let mut memory = Family::new(
@@ -119,7 +118,7 @@ impl ChangingCollector {
         for (le, step) in [("0.5", 0.0), ("1", 1.0), ("1e+06", pass), ("+Inf", 0.0)] {
             cumulative += step;
             let mut l = labels(&[("phase", "Running")]);
-            l.push(("le".into(), le.to_owned()));
+            l.push(("le".into(), le.into()));
             let mut sample = Sample::new(l, cumulative);
             sample.suffix = "_bucket";
             histogram.samples.push(sample);

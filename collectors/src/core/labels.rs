@@ -1,8 +1,6 @@
 //! Label rules KubeVirt applies to every family: the `kubernetes_vmi_label_*` names derived
 //! from a VMI's labels, which label names are valid, and the client_golang label order.
 
-use std::borrow::Cow;
-
 use crate::core::metric::{LabelName, Labels};
 
 /// Prefix of the label KubeVirt derives from each VMI label (`domainstats.go`, `labelPrefix`).
@@ -38,7 +36,7 @@ pub fn finish_labels(mut labels: Labels) -> Labels {
 
 /// A static label name.
 pub(crate) const fn label(name: &'static str) -> LabelName {
-    Cow::Borrowed(name)
+    LabelName::new_static(name)
 }
 
 #[cfg(test)]
@@ -78,9 +76,9 @@ mod tests {
     fn finishing_drops_empty_values_and_sorts_by_name() {
         let labels = finish_labels(vec![
             (label("node"), "n1".into()),
-            (label("drive"), String::new()),
+            (label("drive"), "".into()),
             (label("name"), "vm".into()),
-            (Cow::Owned("kubernetes_vmi_label_b".into()), "x".into()),
+            ("kubernetes_vmi_label_b".into(), "x".into()),
             (label("namespace"), "ns".into()),
         ]);
         let names: Vec<&str> = labels.iter().map(|(n, _)| n.as_ref()).collect();

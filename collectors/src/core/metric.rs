@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+pub use smol_str::SmolStr;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MetricType {
     Counter,
@@ -29,12 +31,19 @@ impl MetricType {
     }
 }
 
-/// A label name: static for the fixed ones, owned for `kubernetes_vmi_label_*`.
-pub type LabelName = Cow<'static, str>;
+/// A label name: static for the fixed ones, built for `kubernetes_vmi_label_*`.
+///
+/// Names and values are [`SmolStr`]s rather than `String`s: a pass renders about a hundred
+/// series per VMI that share the VMI's identity labels, and a `SmolStr` keeps a short string
+/// inline and shares a long one, so copying a label into another series allocates nothing.
+pub type LabelName = SmolStr;
+
+/// A label value; see [`LabelName`].
+pub type LabelValue = SmolStr;
 
 /// Label pairs in exposition order. Producers put them in client_golang's order (sorted by
 /// name), so the bytes match what the KubeVirt component itself would serve.
-pub type Labels = Vec<(LabelName, String)>;
+pub type Labels = Vec<(LabelName, LabelValue)>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

@@ -16,7 +16,7 @@ use prometheus::{
 };
 
 use crate::core::format::text::format_float;
-use crate::core::metric::{Family, Labels, MetricType, Sample};
+use crate::core::metric::{Family, LabelName, Labels, MetricType, Sample};
 
 /// Every self-metric's name starts with this.
 pub const PREFIX: &str = "kubevirt_metrics_sidecar_";
@@ -375,7 +375,7 @@ fn to_family(gathered: &proto::MetricFamily) -> Family {
         let mut labels: Labels = metric
             .get_label()
             .iter()
-            .map(|pair| (pair.name().to_owned().into(), pair.value().to_owned()))
+            .map(|pair| (pair.name().into(), pair.value().into()))
             .collect();
         labels.sort_by(|a, b| a.0.cmp(&b.0));
         match kind {
@@ -442,7 +442,7 @@ fn push_summary(family: &mut Family, labels: Labels, summary: &proto::Summary) {
 
 fn with_label(labels: &Labels, name: &'static str, value: String) -> Labels {
     let mut labels = labels.clone();
-    labels.push((name.into(), value));
+    labels.push((LabelName::new_static(name), value.into()));
     labels
 }
 

@@ -79,14 +79,14 @@ impl Collector for ScriptedCollector {
 
 // ---------------------------------------------------------------- families
 
-fn labels(pairs: &[(&'static str, &str)]) -> Vec<(std::borrow::Cow<'static, str>, String)> {
+fn labels(pairs: &[(&'static str, &str)]) -> kubevirt_metrics_collectors::core::metric::Labels {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).into(), (*v).to_owned()))
+        .map(|(k, v)| ((*k).into(), (*v).into()))
         .collect()
 }
 
-fn vmi(name: &str) -> Vec<(std::borrow::Cow<'static, str>, String)> {
+fn vmi(name: &str) -> kubevirt_metrics_collectors::core::metric::Labels {
     labels(&[
         ("kubernetes_vmi_label_kubevirt_io_nodeName", "node01"),
         ("name", name),
@@ -113,7 +113,7 @@ pub fn kubevirt_families() -> Vec<Family> {
         MetricType::Counter,
     );
     let mut with_interface = vmi("fedora-1");
-    with_interface.insert(0, ("interface".into(), "default".to_owned()));
+    with_interface.insert(0, ("interface".into(), "default".into()));
     received
         .samples
         .push(Sample::new(with_interface, 123456789.0));
@@ -173,7 +173,7 @@ pub fn kubevirt_families() -> Vec<Family> {
     for (le, step) in [("0.5", 0.0), ("1", 1.0), ("1e+06", 2.0), ("+Inf", 0.0)] {
         cumulative += step;
         let mut l = labels(&phase);
-        l.push(("le".into(), le.to_owned()));
+        l.push(("le".into(), le.into()));
         let mut sample = Sample::new(l, cumulative);
         sample.suffix = "_bucket";
         histogram.samples.push(sample);

@@ -27,8 +27,6 @@ mod vm;
 mod vm_labels;
 mod vmi;
 
-use std::borrow::Cow;
-
 use crate::controller::store::ClusterState;
 use crate::core::metric::{Family, LabelName, Labels, Sample};
 use crate::k8s::objects::timestamp;
@@ -58,7 +56,7 @@ pub fn leading_status(leading: bool) -> Family {
 pub(crate) fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
     let mut labels: Labels = pairs
         .into_iter()
-        .map(|(name, value)| (LabelName::Borrowed(name), value.to_owned()))
+        .map(|(name, value)| (LabelName::new_static(name), value.into()))
         .collect();
     labels.sort_by(|a, b| a.0.cmp(&b.0));
     labels
@@ -75,7 +73,7 @@ pub(crate) fn push_unique(family: &mut Family, from: usize, labels: Labels, valu
 
 /// An owned label name (for `label_*`).
 pub(crate) fn owned(name: String) -> LabelName {
-    Cow::Owned(name)
+    LabelName::from(name)
 }
 
 /// The value of a whole-seconds timestamp as a sample value.

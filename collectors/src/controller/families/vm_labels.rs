@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use super::owned;
 use crate::controller::store::ClusterState;
-use crate::core::metric::{LabelName, Sample};
+use crate::core::metric::{LabelName, Labels, Sample};
 use crate::k8s::objects::VirtualMachine;
 
 pub struct LabelsConfig {
@@ -113,15 +113,18 @@ pub fn sample(vm: &VirtualMachine, config: &LabelsConfig) -> Option<Sample> {
     if constant.is_empty() {
         return None;
     }
-    let mut labels: Vec<(LabelName, String)> = constant
+    let mut labels: Labels = constant
         .into_iter()
         .filter(|(_, value)| !value.is_empty())
-        .map(|(name, value)| (owned(name), value.to_owned()))
+        .map(|(name, value)| (owned(name), value.into()))
         .collect();
-    labels.push((LabelName::Borrowed("name"), vm.metadata.name.clone()));
     labels.push((
-        LabelName::Borrowed("namespace"),
-        vm.metadata.namespace.clone(),
+        LabelName::new_static("name"),
+        vm.metadata.name.as_str().into(),
+    ));
+    labels.push((
+        LabelName::new_static("namespace"),
+        vm.metadata.namespace.as_str().into(),
     ));
     labels.sort_by(|a, b| a.0.cmp(&b.0));
     Some(Sample::new(labels, 1.0))

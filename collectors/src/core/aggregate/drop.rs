@@ -73,13 +73,12 @@ fn is_quantile(kind: MetricType, sample: &Sample) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::metric::LabelName;
 
     fn sample(pairs: &[(&'static str, &str)], v: f64) -> Sample {
         Sample::new(
             pairs
                 .iter()
-                .map(|(n, v)| (LabelName::Borrowed(*n), (*v).to_owned()))
+                .map(|(n, v)| ((*n).into(), (*v).into()))
                 .collect(),
             v,
         )
@@ -97,7 +96,7 @@ mod tests {
         let got: Vec<(String, f64)> = out[0]
             .samples
             .iter()
-            .map(|s| (s.labels[0].1.clone(), s.value))
+            .map(|s| (s.labels[0].1.to_string(), s.value))
             .collect();
         assert_eq!(got, [("n1".to_owned(), 3.0), ("n2".to_owned(), 4.0)]);
         assert!(out[0].samples.iter().all(|s| s.labels.len() == 1));

@@ -13,7 +13,7 @@
 
 use foldhash::HashMap;
 
-use crate::core::metric::{Family, LabelName, Labels, MetricType, Sample};
+use crate::core::metric::{Family, LabelName, LabelValue, Labels, MetricType, Sample};
 
 use super::rule::{Grouping, Op, Rule};
 
@@ -148,7 +148,7 @@ fn suffixes(family: &Family) -> Vec<&'static str> {
 }
 
 /// Labels as Prometheus stores them: without the empty-valued ones.
-fn present(labels: &Labels) -> impl Iterator<Item = &(LabelName, String)> {
+fn present(labels: &Labels) -> impl Iterator<Item = &(LabelName, LabelValue)> {
     labels.iter().filter(|(_, value)| !value.is_empty())
 }
 
@@ -285,7 +285,7 @@ fn output_labels(grouping: &Grouping, sample: &Sample) -> Labels {
 fn level_labels(samples: &[Sample]) -> Vec<&str> {
     let names: std::collections::BTreeSet<&str> = samples
         .iter()
-        .flat_map(|s| s.labels.iter().map(|(name, _)| name.as_ref()))
+        .flat_map(|s| s.labels.iter().map(|(name, _)| name.as_str()))
         .filter(|name| !name.starts_with("kubernetes_vmi_label_"))
         .collect();
     names.into_iter().collect()
@@ -313,7 +313,7 @@ mod tests {
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()
-            .map(|(n, v)| (LabelName::Owned((*n).to_owned()), (*v).to_owned()))
+            .map(|(n, v)| (LabelName::from(*n), LabelValue::from(*v)))
             .collect()
     }
 
@@ -364,7 +364,7 @@ mod tests {
                 (
                     s.labels
                         .iter()
-                        .map(|(n, v)| (n.to_string(), v.clone()))
+                        .map(|(n, v)| (n.to_string(), v.to_string()))
                         .collect(),
                     s.value,
                 )

@@ -290,7 +290,7 @@ fn parse_labels(mut rest: &str) -> Result<(Labels, &str), String> {
             .strip_prefix('"')
             .ok_or_else(|| format!("expected '\"' to start the value of label {name}"))?;
         let (value, after) = read_label_value(rest)?;
-        labels.push((Cow::Owned(name.to_owned()), value));
+        labels.push((name.into(), value.into()));
         rest = after.trim_start_matches([' ', '\t']);
         if let Some(after) = rest.strip_prefix(',') {
             rest = after;

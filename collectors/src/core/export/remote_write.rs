@@ -287,7 +287,7 @@ pub fn write_request(
                     .filter(|(_, value)| !value.is_empty())
                     .map(|(name, value)| Label {
                         name: name.to_string(),
-                        value: value.clone(),
+                        value: value.to_string(),
                     }),
             );
             // `__name__` sorts before every legal label name (they start with a letter
@@ -356,28 +356,19 @@ mod tests {
     fn series_are_the_exposition_series_with_sorted_labels() {
         let mut histogram = Family::new("h_seconds", "", MetricType::Histogram);
         let mut bucket = MetricSample::new(
-            vec![
-                ("zone".into(), "a".to_owned()),
-                ("le".into(), "+Inf".to_owned()),
-            ],
+            vec![("zone".into(), "a".into()), ("le".into(), "+Inf".into())],
             3.0,
         );
         bucket.suffix = "_bucket";
         histogram.samples.push(bucket);
         let mut gauge = Family::new("g", "", MetricType::Gauge);
         gauge.samples.push(
-            MetricSample::new(
-                vec![("b".into(), "2".to_owned()), ("a".into(), "".to_owned())],
-                1.5,
-            )
-            .with_timestamp(5),
+            MetricSample::new(vec![("b".into(), "2".into()), ("a".into(), "".into())], 1.5)
+                .with_timestamp(5),
         );
         gauge.samples.push(
-            MetricSample::new(
-                vec![("b".into(), "2".to_owned()), ("a".into(), "".to_owned())],
-                1.0,
-            )
-            .with_timestamp(4),
+            MetricSample::new(vec![("b".into(), "2".into()), ("a".into(), "".into())], 1.0)
+                .with_timestamp(4),
         );
         let batch = Batch {
             families: Arc::new(vec![histogram, gauge]),

@@ -93,7 +93,7 @@ impl Serialize for JsonLabels<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (name, value) in self.0 {
-            map.serialize_entry(name.as_ref(), value)?;
+            map.serialize_entry(name.as_str(), value.as_str())?;
         }
         map.end()
     }
@@ -127,7 +127,7 @@ mod tests {
     fn labels(pairs: &[(&'static str, &str)]) -> Labels {
         pairs
             .iter()
-            .map(|(k, v)| ((*k).into(), (*v).to_owned()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
     }
 

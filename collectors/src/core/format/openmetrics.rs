@@ -149,14 +149,14 @@ fn estimate_len(families: &[Family]) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::core::metric::{LabelName, MetricType, Sample};
+    use crate::core::metric::{Labels, MetricType, Sample};
 
     fn bucket(labels: &[(&'static str, &str)], le: &str, v: f64) -> Sample {
-        let mut l: Vec<(LabelName, String)> = labels
+        let mut l: Labels = labels
             .iter()
-            .map(|(k, v)| ((*k).into(), (*v).to_owned()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
-        l.push(("le".into(), le.to_owned()));
+        l.push(("le".into(), le.into()));
         let mut s = Sample::new(l, v);
         s.suffix = "_bucket";
         s

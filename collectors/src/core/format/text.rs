@@ -74,7 +74,7 @@ pub(crate) fn write_metadata(
 /// each value, escaped, between the quotes.
 pub(crate) fn write_labels(
     out: &mut String,
-    labels: &[(crate::core::metric::LabelName, String)],
+    labels: &crate::core::metric::Labels,
     write_value: impl Fn(&mut String, &str, &str),
 ) {
     if labels.is_empty() {
@@ -105,15 +105,24 @@ pub fn escape_help(out: &mut String, help: &str) {
 }
 
 /// Label values escape backslash, double quote and newline.
+///
+/// Copies the runs between those characters whole: nearly every value has none, and this
+/// runs once per label of every series on every encoding.
 pub fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
+    let mut run_start = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        let escaped = match byte {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            b'\n' => "\\n",
+            _ => continue,
+        };
+        // The three are ASCII, so `at` is a char boundary.
+        out.push_str(&value[run_start..at]);
+        out.push_str(escaped);
+        run_start = at + 1;
     }
+    out.push_str(&value[run_start..]);
 }
 
 /// A sample value as client_golang writes it: `NaN`, `+Inf`, `-Inf`, else Go's
@@ -186,6 +195,24 @@ fn push_go_g(out: &mut String, v: f64) {
 mod tests {
     use super::*;
     use crate::core::metric::{MetricType, Sample};
+
+    #[test]
+    fn label_values_escape_backslash_quote_and_newline_only() {
+        let cases = [
+            ("plain", "plain"),
+            ("", ""),
+            ("C:\\", "C:\\\\"),
+            ("win \"2022\"", "win \\\"2022\\\""),
+            ("a\nb\tc", "a\\nb\tc"),
+            ("ünï\"cödé\\", "ünï\\\"cödé\\\\"),
+            ("\"\"\n", "\\\"\\\"\\n"),
+        ];
+        for (value, want) in cases {
+            let mut out = String::from("x");
+            escape_label_value(&mut out, value);
+            assert_eq!(out, format!("x{want}"), "{value:?}");
+        }
+    }
 
     #[test]
     fn floats_match_go_strconv_g() {

@@ -52,7 +52,7 @@ use std::collections::BTreeMap;
 pub use migration::{MigrationHistory, MigrationSample, RING_CAPACITY};
 
 use crate::core::labels::{finish_labels, is_valid_label_name, label, vmi_label_name};
-use crate::core::metric::{Family, LabelName, Labels, MetricType, Sample};
+use crate::core::metric::{Family, LabelName, LabelValue, Labels, MetricType, Sample};
 use crate::handler::stats::{
     BlockStats, DomainStats, Filesystem, MemoryStats, MigrationJobInfo, NetStats, VcpuState,
     VmiIdentity, VmiStats,
@@ -514,13 +514,13 @@ impl VmiLabels {
             }
         }
         let mut base: Labels = Vec::with_capacity(3 + dynamic.len());
-        base.push((label("node"), vmi.node.clone()));
-        base.push((label("namespace"), vmi.namespace.clone()));
-        base.push((label("name"), vmi.name.clone()));
+        base.push((label("node"), vmi.node.as_str().into()));
+        base.push((label("namespace"), vmi.namespace.as_str().into()));
+        base.push((label("name"), vmi.name.as_str().into()));
         base.extend(
             dynamic
                 .into_iter()
-                .map(|(name, value)| (LabelName::Owned(name), value.to_owned())),
+                .map(|(name, value)| (LabelName::from(name), LabelValue::from(value))),
         );
         Self {
             base: finish_labels(base),
@@ -536,7 +536,7 @@ impl VmiLabels {
         labels.extend(
             extra
                 .iter()
-                .map(|(name, value)| (label(name), (*value).to_owned())),
+                .map(|(name, value)| (label(name), LabelValue::from(*value))),
         );
         finish_labels(labels)
     }
@@ -728,9 +728,9 @@ fn render_filesystems(out: &mut Builder, labels: &VmiLabels, filesystems: &[File
 
 fn render_migration(out: &mut Builder, sample: &MigrationSample) {
     let labels = finish_labels(vec![
-        (label("namespace"), sample.namespace.clone()),
-        (label("name"), sample.name.clone()),
-        (label("node"), sample.node.clone()),
+        (label("namespace"), sample.namespace.as_str().into()),
+        (label("name"), sample.name.as_str().into()),
+        (label("node"), sample.node.as_str().into()),
     ]);
     let job: &MigrationJobInfo = &sample.job;
     for (spec, value) in [

@@ -37,7 +37,7 @@ fn label_pairs(sample: &Sample) -> Vec<(String, String)> {
     sample
         .labels
         .iter()
-        .map(|(n, v)| (n.to_string(), v.clone()))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect()
 }
 
@@ -323,7 +323,7 @@ fn network_interface_is_alias_when_reported_and_feeds_the_deprecated_family() {
                 s.labels
                     .iter()
                     .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, v)| v.to_string())
                     .unwrap()
             };
             (get("interface"), get("type"), s.value)

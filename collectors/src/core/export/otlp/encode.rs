@@ -432,7 +432,6 @@ fn unix_nanos(time: SystemTime) -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::borrow::Cow;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -441,7 +440,7 @@ mod tests {
     fn labels(pairs: &[(&'static str, &str)]) -> Labels {
         pairs
             .iter()
-            .map(|(name, value)| (Cow::Borrowed(*name), (*value).to_owned()))
+            .map(|(name, value)| ((*name).into(), (*value).into()))
             .collect()
     }
 
