@@ -327,6 +327,8 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
 
     if let Some(kind) = &args.only_loop {
         loop_only(kind, args.iterations, &vmis, &pods_dir, &sockets, n).await;
+        // `exit` skips destructors: stop the launchers first.
+        drop(peer);
         std::process::exit(0);
     }
 

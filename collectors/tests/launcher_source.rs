@@ -478,6 +478,39 @@ async fn the_unresponsive_marker_skips_the_launcher() {
 }
 
 #[tokio::test]
+async fn the_unresponsive_marker_counts_again_once_the_kept_connection_fails() {
+    let pods = pods_dir();
+    let testvm = testvm_launcher(pods.path());
+    let (source, _) = source(
+        pods.path(),
+        vec![vmi("default", "testvm", POD_TESTVM, "Running")],
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        names(&pass(&source, Duration::from_secs(10)).await),
+        ["default/testvm"]
+    );
+
+    // Marked while our connection answers: we keep asking the launcher that answers.
+    testvm.mark_unresponsive();
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(kinds(&report), []);
+    assert_eq!(names(&report), ["default/testvm"]);
+
+    // The launcher stops answering: the connection is dropped, then the marker counts.
+    testvm.die();
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert!(report.vmis.is_empty());
+    assert_eq!(source.open_connections(), 0);
+    let report = pass(&source, Duration::from_secs(10)).await;
+    assert_eq!(
+        kinds(&report),
+        [("launcher", "unresponsive", "default/testvm")]
+    );
+    assert_eq!(Calls::get(&testvm.calls.info), 1, "not dialled again");
+}
+
+#[tokio::test]
 async fn a_launcher_without_cmd_v1_is_a_version_problem() {
     let pods = pods_dir();
     let mut script = Script::serving(&payload("captured-domainstats-testvm.json"), "null", 0);

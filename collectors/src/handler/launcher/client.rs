@@ -12,12 +12,12 @@
 //! does a reply that does not decode as KubeVirt's message (a protocol mismatch), with what
 //! the launcher offered printed as it is.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
@@ -177,9 +177,20 @@ fn limit(timeout: Duration, deadline: Instant) -> Duration {
 fn request(after: Duration) -> tonic::Request<cmd_v1::EmptyRequest> {
     let mut request = tonic::Request::new(cmd_v1::EmptyRequest {});
     if !after.is_zero() {
-        request.set_timeout(after);
+        request.set_timeout(advertised_timeout(after));
     }
     request
+}
+
+/// The `grpc-timeout` we send for a call we give up on after `after`: rounded up to a whole
+/// second. What is left until the deadline differs by microseconds from call to call, and
+/// each distinct header value costs an HPACK table insertion on both ends of the connection;
+/// a whole second repeats, so it is sent as a table index. The call is still bounded by
+/// `after` exactly: our own timer drops it then, which resets the stream and cancels the
+/// launcher's context.
+fn advertised_timeout(after: Duration) -> Duration {
+    let whole = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    Duration::from_secs(whole)
 }
 
 async fn bounded<T>(
@@ -256,7 +267,7 @@ async fn negotiate(channel: Channel, after: Duration) -> Result<(), ClientError>
     let mut info = CmdInfoClient::new(channel);
     let mut request = tonic::Request::new(CmdInfoRequest {});
     if !after.is_zero() {
-        request.set_timeout(after);
+        request.set_timeout(advertised_timeout(after));
     }
     let reply = bounded(CALL, after, info.info(request)).await?;
     let offered = reply.supported_cmd_versions;
@@ -278,9 +289,17 @@ pub fn highest_compatible(offered: &[u32], supported: &[u32]) -> Option<u32> {
 }
 
 /// Negotiated clients by socket path, reused across passes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClientPool {
     clients: Mutex<HashMap<PathBuf, LauncherClient>>,
+}
+
+impl Default for ClientPool {
+    fn default() -> Self {
+        Self {
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl ClientPool {
@@ -297,6 +316,11 @@ impl ClientPool {
         let client = LauncherClient::connect(socket, timeouts, deadline).await?;
         self.lock().insert(socket.to_path_buf(), client.clone());
         Ok(client)
+    }
+
+    /// Whether a connection to `socket` is kept.
+    pub fn contains(&self, socket: &Path) -> bool {
+        self.lock().contains_key(socket)
     }
 
     /// Drops the connection to `socket`; the next pass dials again.
@@ -333,6 +357,24 @@ mod tests {
         assert_eq!(highest_compatible(&[3, 1, 2], &[1, 2]), Some(2));
         assert_eq!(highest_compatible(&[2], &[1]), None);
         assert_eq!(highest_compatible(&[], &[1]), None);
+    }
+
+    #[test]
+    fn the_advertised_timeout_is_whole_seconds_never_less_than_ours() {
+        let cases = [
+            (Duration::from_micros(4_999_981), 5),
+            (Duration::from_secs(5), 5),
+            (Duration::from_millis(1), 1),
+            (Duration::from_millis(20_000), 20),
+            (Duration::from_nanos(20_000_000_001), 21),
+        ];
+        for (after, secs) in cases {
+            assert_eq!(
+                advertised_timeout(after),
+                Duration::from_secs(secs),
+                "{after:?}"
+            );
+        }
     }
 
     #[test]

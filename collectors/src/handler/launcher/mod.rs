@@ -11,8 +11,9 @@
 //! their numbers; the pass always ends by its deadline.
 //!
 //! Differences from virt-handler, on purpose: connections are kept across passes (it
-//! dials and negotiates per scrape); a failed `GetFilesystems` costs only the filesystem
-//! series (it drops the VMI's whole report); failures are counted instead of only logged.
+//! dials and negotiates per scrape) and the unresponsive marker is looked for only before
+//! dialling; a failed `GetFilesystems` costs only the filesystem series (it drops the VMI's
+//! whole report); failures are counted instead of only logged.
 
 pub mod client;
 pub mod discovery;
@@ -20,14 +21,15 @@ pub mod payload;
 pub mod proto;
 pub mod socket;
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use foldhash::{HashSet, HashSetExt as _};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use client::{ClientError, ClientPool, LauncherClient, RpcTimeouts};
 pub use discovery::{StaticVmis, VmiLister, VmiSnapshot, WatchedVmis};
@@ -84,6 +86,11 @@ pub enum LauncherError {
 /// Statistics of this node's VMIs, asked of their virt-launchers.
 pub struct LauncherSource {
     lister: Arc<dyn VmiLister>,
+    shared: Arc<Shared>,
+}
+
+/// What the per-VMI tasks of a pass need.
+struct Shared {
     settings: LauncherSettings,
     pool: ClientPool,
 }
@@ -111,18 +118,20 @@ impl LauncherSource {
     pub fn with_lister(lister: Arc<dyn VmiLister>, settings: LauncherSettings) -> Self {
         Self {
             lister,
-            settings,
-            pool: ClientPool::default(),
+            shared: Arc::new(Shared {
+                settings,
+                pool: ClientPool::default(),
+            }),
         }
     }
 
     pub fn settings(&self) -> &LauncherSettings {
-        &self.settings
+        &self.shared.settings
     }
 
     /// How many launcher connections are currently kept.
     pub fn open_connections(&self) -> usize {
-        self.pool.len()
+        self.shared.pool.len()
     }
 
     /// One collection pass; ends by `deadline` whatever the launchers do.
@@ -135,7 +144,7 @@ impl LauncherSource {
         };
 
         let mut jobs = Vec::with_capacity(vmis.len());
-        let mut live_sockets = HashSet::new();
+        let mut live_sockets = HashSet::with_capacity(vmis.len());
         for vmi in vmis {
             match self.find_socket(&vmi) {
                 Ok(socket) => {
@@ -153,35 +162,44 @@ impl LauncherSource {
                 }
             }
         }
-        self.pool.retain(&live_sockets);
+        self.shared.pool.retain(&live_sockets);
 
         let cutoff = vmi_cutoff(deadline);
-        let mut pending: BTreeMap<usize, Arc<VirtualMachineInstance>> = jobs
-            .iter()
-            .enumerate()
-            .map(|(i, (vmi, _))| (i, Arc::clone(vmi)))
-            .collect();
-        let vmi_timeout = self.settings.vmi_timeout;
+        let targets: Vec<Arc<VirtualMachineInstance>> =
+            jobs.iter().map(|(vmi, _)| Arc::clone(vmi)).collect();
+        let mut done = vec![false; targets.len()];
+        report.vmis.reserve(targets.len());
+        let vmi_timeout = self.shared.settings.vmi_timeout;
+        // Each VMI is its own task, so that decoding one launcher's answer runs on any
+        // worker while the others' calls are in flight; dropping the stream (the pass
+        // deadline) aborts the tasks still running.
         let mut outcomes = futures::stream::iter(jobs.into_iter().enumerate())
-            .map(|(i, (vmi, socket))| async move {
-                let vmi_deadline = cutoff.min(Instant::now() + vmi_timeout);
-                (i, self.scrape(&vmi, &socket, vmi_deadline).await)
+            .map(|(i, (vmi, socket))| {
+                let shared = Arc::clone(&self.shared);
+                let task = AbortOnDropHandle::new(tokio::spawn(async move {
+                    let vmi_deadline = cutoff.min(Instant::now() + vmi_timeout);
+                    shared.scrape(&vmi, &socket, vmi_deadline).await
+                }));
+                async move { (i, task.await) }
             })
-            .buffer_unordered(self.settings.max_concurrency.max(1));
+            .buffer_unordered(self.shared.settings.max_concurrency.max(1));
         let hard_stop = tokio::time::sleep_until(deadline);
         tokio::pin!(hard_stop);
         loop {
             tokio::select! {
                 next = outcomes.next() => match next {
                     Some((i, outcome)) => {
-                        pending.remove(&i);
+                        done[i] = true;
+                        let outcome = outcome.unwrap_or_else(|err| {
+                            Outcome::problem(problem(&targets[i], "internal", err))
+                        });
                         report.problems.extend(outcome.problems);
                         report.vmis.extend(outcome.stats);
                     }
                     None => break,
                 },
                 () = &mut hard_stop => {
-                    for vmi in pending.values() {
+                    for (vmi, _) in targets.iter().zip(&done).filter(|(_, done)| !**done) {
                         report.problems.push(problem(vmi, "timeout", "the pass deadline came first"));
                     }
                     break;
@@ -194,14 +212,23 @@ impl LauncherSource {
         report
     }
 
+    /// The VMI's socket, as virt-handler finds it; except that virt-handler's unresponsive
+    /// marker is looked for only before dialling. The marker says that virt-handler could not
+    /// reach the launcher; a kept connection says otherwise, and a hung call or a transport
+    /// failure drops it, after which the marker counts again. This saves one of the two
+    /// lookups in the kubelet's deep directories per VMI per pass.
     fn find_socket(&self, vmi: &VirtualMachineInstance) -> Result<PathBuf, SocketError> {
-        socket::find_socket(
-            &self.settings.pods_dir,
-            &self.settings.node_name,
-            vmi.active_pods(),
-        )
+        let settings = &self.shared.settings;
+        let socket =
+            socket::locate_socket(&settings.pods_dir, &settings.node_name, vmi.active_pods())?;
+        if !self.shared.pool.contains(&socket) && socket::is_marked_unresponsive(&socket) {
+            return Err(SocketError::Unresponsive { socket });
+        }
+        Ok(socket)
     }
+}
 
+impl Shared {
     /// Everything one VMI's launcher has to say, by `deadline`.
     async fn scrape(
         &self,

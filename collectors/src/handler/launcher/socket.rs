@@ -58,8 +58,23 @@ pub fn socket_path(pods_dir: &Path, pod_uid: &str) -> PathBuf {
 }
 
 /// Finds the one launcher socket of a VMI on `node` (an empty node matches every pod, as
-/// in virt-handler) among `active_pods` (pod UID, node name).
+/// in virt-handler) among `active_pods` (pod UID, node name), unless virt-handler marked
+/// it unresponsive.
 pub fn find_socket<'a>(
+    pods_dir: &Path,
+    node: &str,
+    active_pods: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<PathBuf, SocketError> {
+    let socket = locate_socket(pods_dir, node, active_pods)?;
+    if is_marked_unresponsive(&socket) {
+        Err(SocketError::Unresponsive { socket })
+    } else {
+        Ok(socket)
+    }
+}
+
+/// [`find_socket`] without the unresponsive marker: where the one socket is.
+pub fn locate_socket<'a>(
     pods_dir: &Path,
     node: &str,
     active_pods: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -87,14 +102,7 @@ pub fn find_socket<'a>(
             node: node.to_owned(),
         }),
         0 => Err(SocketError::NotFound { tried }),
-        1 => {
-            let socket = found.remove(0);
-            if is_marked_unresponsive(&socket) {
-                Err(SocketError::Unresponsive { socket })
-            } else {
-                Ok(socket)
-            }
-        }
+        1 => Ok(found.remove(0)),
         _ => {
             found.sort();
             Err(SocketError::Multiple { found })
