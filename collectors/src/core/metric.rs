@@ -104,8 +104,8 @@ impl Family {
 /// Families and samples in the order client_golang's registry writes them: families sorted by
 /// name, a family's series sorted by label values (positionally), then by timestamp with
 /// untimestamped samples last; families without samples left out. Histogram and summary
-/// series keep their `_bucket`/`_sum`/`_count` samples together (the sort ignores `le` and
-/// `quantile` and is stable).
+/// series keep their `_bucket`/`_sum`/`_count` samples together (for those two kinds the sort
+/// ignores `le` and `quantile`, which are not series labels there, and is stable).
 ///
 /// Every encoder walks this view, so KubeVirt's byte order holds whatever order the
 /// producers used, and nothing is cloned.
@@ -116,13 +116,16 @@ pub fn client_golang_order(families: &[Family]) -> Vec<(&Family, Vec<&Sample>)> 
         .into_iter()
         .map(|family| {
             let mut samples: Vec<&Sample> = family.samples.iter().collect();
-            samples.sort_by(|a, b| compare_series(a, b));
+            let bucketed = matches!(family.kind, MetricType::Histogram | MetricType::Summary);
+            samples.sort_by(|a, b| compare_series(a, b, bucketed));
             (family, samples)
         })
         .collect()
 }
 
-fn series_labels(sample: &Sample) -> impl Iterator<Item = &str> {
+/// The label values that tell a histogram's or summary's series apart: all but `le` and
+/// `quantile`.
+fn bucketed_series_labels(sample: &Sample) -> impl Iterator<Item = &str> {
     sample
         .labels
         .iter()
@@ -130,21 +133,76 @@ fn series_labels(sample: &Sample) -> impl Iterator<Item = &str> {
         .map(|(_, value)| value.as_str())
 }
 
-fn compare_series(a: &Sample, b: &Sample) -> std::cmp::Ordering {
+fn label_values(sample: &Sample) -> impl Iterator<Item = &str> {
+    sample.labels.iter().map(|(_, value)| value.as_str())
+}
+
+fn compare_series(a: &Sample, b: &Sample, bucketed: bool) -> std::cmp::Ordering {
     use std::cmp::Ordering;
-    let count = |s: &Sample| series_labels(s).count();
-    let by_len = count(a).cmp(&count(b));
-    if by_len != Ordering::Equal {
-        return by_len;
-    }
-    let by_values = series_labels(a).cmp(series_labels(b));
-    if by_values != Ordering::Equal {
-        return by_values;
+    let by_labels = if bucketed {
+        let count = |s: &Sample| bucketed_series_labels(s).count();
+        count(a)
+            .cmp(&count(b))
+            .then_with(|| bucketed_series_labels(a).cmp(bucketed_series_labels(b)))
+    } else {
+        // Every label is a series label: no filtering on the path of the families with
+        // most series.
+        a.labels
+            .len()
+            .cmp(&b.labels.len())
+            .then_with(|| label_values(a).cmp(label_values(b)))
+    };
+    if by_labels != Ordering::Equal {
+        return by_labels;
     }
     match (a.timestamp_ms, b.timestamp_ms) {
         (Some(x), Some(y)) => x.cmp(&y),
         (Some(_), None) => Ordering::Less,
         (None, Some(_)) => Ordering::Greater,
         (None, None) => Ordering::Equal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(suffix: &'static str, labels: &[(&'static str, &str)], value: f64) -> Sample {
+        let labels = labels
+            .iter()
+            .map(|(name, value)| (LabelName::new_static(name), LabelValue::from(*value)))
+            .collect();
+        Sample {
+            suffix,
+            ..Sample::new(labels, value)
+        }
+    }
+
+    fn order(family: Family) -> Vec<f64> {
+        let families = [family];
+        let ordered = client_golang_order(&families);
+        ordered[0].1.iter().map(|s| s.value).collect()
+    }
+
+    #[test]
+    fn histogram_series_stay_together_and_gauges_sort_by_every_label() {
+        let mut histogram = Family::new("h", "", MetricType::Histogram);
+        histogram.samples = vec![
+            sample("_bucket", &[("le", "1"), ("x", "b")], 1.0),
+            sample("_bucket", &[("le", "+Inf"), ("x", "b")], 2.0),
+            sample("_bucket", &[("le", "1"), ("x", "a")], 3.0),
+            sample("_count", &[("x", "b")], 4.0),
+            sample("_bucket", &[("le", "+Inf"), ("x", "a")], 5.0),
+        ];
+        assert_eq!(order(histogram), [3.0, 5.0, 1.0, 2.0, 4.0]);
+
+        // `le` is an ordinary label of a gauge.
+        let mut gauge = Family::new("g", "", MetricType::Gauge);
+        gauge.samples = vec![
+            sample("", &[("le", "b"), ("x", "a")], 1.0),
+            sample("", &[("le", "a"), ("x", "b")], 2.0),
+            sample("", &[("x", "a")], 3.0),
+        ];
+        assert_eq!(order(gauge), [3.0, 2.0, 1.0]);
     }
 }
