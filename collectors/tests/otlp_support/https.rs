@@ -4,13 +4,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::otlp_support::{Leaf, Receiver};
+use crate::otlp_support::{Leaf, Receiver, rustls_server_config};
 
 struct TlsListener {
     tcp: TcpListener,
@@ -40,26 +39,11 @@ impl axum::serve::Listener for TlsListener {
 
 /// An OTLP/HTTP receiver serving `leaf`'s certificate.
 pub async fn receiver(leaf: &Leaf) -> Receiver {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let listener = TlsListener {
         tcp,
-        acceptor: TlsAcceptor::from(Arc::new(config)),
+        acceptor: TlsAcceptor::from(rustls_server_config(leaf)),
     };
     Receiver::http_on(listener, addr)
 }

@@ -297,44 +297,11 @@ fn retry_info_details() -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// A CA and the leaf certificates it signs (SAN 127.0.0.1 and localhost).
-pub struct TestCa {
-    pub pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
+#[path = "../common/test_ca.rs"]
+mod test_ca;
 
-pub struct Leaf {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    pub fn leaf(&self) -> Leaf {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-}
+#[allow(unused_imports)]
+pub use test_ca::{Leaf, TestCa, rustls_server_config};
 
 #[tonic::async_trait]
 impl MetricsService for GrpcReceiver {
