@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use foldhash::{HashMap, HashMapExt as _, HashSet};
+use foldhash::{HashMap, HashSet};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
@@ -289,17 +289,9 @@ pub fn highest_compatible(offered: &[u32], supported: &[u32]) -> Option<u32> {
 }
 
 /// Negotiated clients by socket path, reused across passes.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ClientPool {
     clients: Mutex<HashMap<PathBuf, LauncherClient>>,
-}
-
-impl Default for ClientPool {
-    fn default() -> Self {
-        Self {
-            clients: Mutex::new(HashMap::new()),
-        }
-    }
 }
 
 impl ClientPool {

@@ -221,10 +221,11 @@ impl LauncherSource {
         let settings = &self.shared.settings;
         let socket =
             socket::locate_socket(&settings.pods_dir, &settings.node_name, vmi.active_pods())?;
-        if !self.shared.pool.contains(&socket) && socket::is_marked_unresponsive(&socket) {
-            return Err(SocketError::Unresponsive { socket });
+        if self.shared.pool.contains(&socket) {
+            Ok(socket)
+        } else {
+            socket::unless_marked_unresponsive(socket)
         }
-        Ok(socket)
     }
 }
 

@@ -65,7 +65,11 @@ pub fn find_socket<'a>(
     node: &str,
     active_pods: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<PathBuf, SocketError> {
-    let socket = locate_socket(pods_dir, node, active_pods)?;
+    unless_marked_unresponsive(locate_socket(pods_dir, node, active_pods)?)
+}
+
+/// `socket`, unless virt-handler left its unresponsive marker next to it.
+pub fn unless_marked_unresponsive(socket: PathBuf) -> Result<PathBuf, SocketError> {
     if is_marked_unresponsive(&socket) {
         Err(SocketError::Unresponsive { socket })
     } else {
@@ -111,7 +115,7 @@ pub fn locate_socket<'a>(
 }
 
 /// Whether virt-handler left the unresponsive marker next to `socket`.
-pub fn is_marked_unresponsive(socket: &Path) -> bool {
+fn is_marked_unresponsive(socket: &Path) -> bool {
     socket
         .parent()
         .is_some_and(|dir| exists_no_follow(&dir.join(UNRESPONSIVE_MARKER)))
