@@ -178,10 +178,9 @@ fn metric(family: &Family, batch_ns: u64, starts: &mut StartTimes) -> Option<Met
                 .samples
                 .iter()
                 .map(|sample| {
-                    let time_ns = sample_ns(sample, batch_ns);
                     let key = series_key(&family.name, &sample.labels);
-                    let start_ns = starts.start(key, time_ns, sample.value);
-                    number_point(sample, start_ns, time_ns)
+                    let time_ns = sample_ns(sample, batch_ns);
+                    number_point(sample, starts.start(key, time_ns, sample.value), time_ns)
                 })
                 .collect(),
             aggregation_temporality: AggregationTemporality::Cumulative as i32,
@@ -242,12 +241,23 @@ fn number_point(sample: &Sample, start_ns: u64, time_ns: u64) -> NumberDataPoint
 
 /// The `_bucket`/`_sum`/`_count` samples of one histogram or summary series.
 struct Series<'a> {
+    /// [`series_key`] of the series.
+    key: u64,
     labels: &'a Labels,
     /// `(le, cumulative count)` or `(quantile, value)`.
     points: Vec<(f64, f64)>,
     sum: Option<f64>,
     count: Option<f64>,
     timestamp_ms: Option<i64>,
+}
+
+impl Series<'_> {
+    /// The start and time of the series' point: its newest sample's timestamp or the
+    /// batch's time; the start as [`StartTimes::start`] tracks it by the `_count`.
+    fn times(&self, count: f64, batch_ns: u64, starts: &mut StartTimes) -> (u64, u64) {
+        let time_ns = self.timestamp_ms.map_or(batch_ns, millis_to_nanos);
+        (starts.start(self.key, time_ns, count), time_ns)
+    }
 }
 
 /// Groups a histogram's or summary's samples by series (labels without `bound_label`), in
@@ -259,6 +269,7 @@ fn group_series<'a>(family: &'a Family, bound_label: &str) -> Vec<Series<'a>> {
         let key = series_key(&family.name, &sample.labels);
         let slot = *index.entry(key).or_insert_with(|| {
             series.push(Series {
+                key,
                 labels: &sample.labels,
                 points: Vec::new(),
                 sum: None,
@@ -316,9 +327,7 @@ fn histogram_points(
             {
                 bucket_counts.push(total.saturating_sub(previous));
             }
-            let time_ns = series.timestamp_ms.map_or(batch_ns, millis_to_nanos);
-            let key = series_key(&family.name, series.labels);
-            let start_ns = starts.start(key, time_ns, count);
+            let (start_ns, time_ns) = series.times(count, batch_ns, starts);
             Some(HistogramDataPoint {
                 attributes: attributes(series.labels),
                 start_time_unix_nano: start_ns,
@@ -342,9 +351,7 @@ fn summary_points(
         .into_iter()
         .filter_map(|series| {
             let count = series.count?;
-            let time_ns = series.timestamp_ms.map_or(batch_ns, millis_to_nanos);
-            let key = series_key(&family.name, series.labels);
-            let start_ns = starts.start(key, time_ns, count);
+            let (start_ns, time_ns) = series.times(count, batch_ns, starts);
             Some(SummaryDataPoint {
                 attributes: attributes(series.labels),
                 start_time_unix_nano: start_ns,
