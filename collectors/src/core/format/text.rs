@@ -95,34 +95,38 @@ pub(crate) fn write_labels(
 
 /// HELP text escapes backslash and newline.
 pub fn escape_help(out: &mut String, help: &str) {
-    for c in help.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
+    escape(out, help, |byte| match byte {
+        b'\\' => Some("\\\\"),
+        b'\n' => Some("\\n"),
+        _ => None,
+    });
 }
 
 /// Label values escape backslash, double quote and newline.
-///
-/// Copies the runs between those characters whole: nearly every value has none, and this
-/// runs once per label of every series on every encoding.
 pub fn escape_label_value(out: &mut String, value: &str) {
+    escape(out, value, |byte| match byte {
+        b'\\' => Some("\\\\"),
+        b'"' => Some("\\\""),
+        b'\n' => Some("\\n"),
+        _ => None,
+    });
+}
+
+/// Appends `text` with the ASCII bytes `replacement` knows replaced, copying the runs
+/// between them whole: nearly every label value has none, and this runs once per label of
+/// every series on every encoding.
+fn escape(out: &mut String, text: &str, replacement: impl Fn(u8) -> Option<&'static str>) {
     let mut run_start = 0;
-    for (at, byte) in value.bytes().enumerate() {
-        let escaped = match byte {
-            b'\\' => "\\\\",
-            b'"' => "\\\"",
-            b'\n' => "\\n",
-            _ => continue,
+    for (at, byte) in text.bytes().enumerate() {
+        let Some(escaped) = replacement(byte) else {
+            continue;
         };
-        // The three are ASCII, so `at` is a char boundary.
-        out.push_str(&value[run_start..at]);
+        // Only ASCII bytes are replaced, so `at` is a char boundary.
+        out.push_str(&text[run_start..at]);
         out.push_str(escaped);
         run_start = at + 1;
     }
-    out.push_str(&value[run_start..]);
+    out.push_str(&text[run_start..]);
 }
 
 /// A sample value as client_golang writes it: `NaN`, `+Inf`, `-Inf`, else Go's
@@ -212,6 +216,10 @@ mod tests {
             escape_label_value(&mut out, value);
             assert_eq!(out, format!("x{want}"), "{value:?}");
         }
+        // HELP text keeps its double quotes.
+        let mut out = String::new();
+        escape_help(&mut out, "a \"b\"\\ ü\n");
+        assert_eq!(out, "a \"b\"\\\\ ü\\n");
     }
 
     #[test]
