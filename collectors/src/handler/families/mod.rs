@@ -49,10 +49,14 @@ mod migration;
 
 use std::collections::BTreeMap;
 
+use foldhash::{HashMap, HashMapExt as _};
+
 pub use migration::{MigrationHistory, MigrationSample, RING_CAPACITY};
 
 use crate::core::labels::{finish_labels, is_valid_label_name, label, vmi_label_name};
-use crate::core::metric::{Family, LabelName, LabelValue, Labels, MetricType, Sample};
+use crate::core::metric::{
+    Family, LabelName, LabelValue, Labels, MetricType, Sample, series_order,
+};
 use crate::handler::stats::{
     BlockStats, DomainStats, Filesystem, MemoryStats, MigrationJobInfo, NetStats, VcpuState,
     VmiIdentity, VmiStats,
@@ -451,7 +455,7 @@ pub fn family_names() -> impl Iterator<Item = &'static str> {
 /// Renders every family for the given VMIs and drained migration samples. Families come out
 /// sorted by name, series sorted and deduplicated; families without samples are left out.
 pub fn render(vmis: &[VmiStats], migrations: &[MigrationSample]) -> Vec<Family> {
-    let mut out = Builder::default();
+    let mut out = Builder::for_vmis(vmis.len());
     for stats in vmis {
         render_vmi(&mut out, stats);
     }
@@ -461,17 +465,25 @@ pub fn render(vmis: &[VmiStats], migrations: &[MigrationSample]) -> Vec<Family> 
     out.finish()
 }
 
-#[derive(Default)]
 struct Builder {
-    families: BTreeMap<&'static str, Family>,
+    families: HashMap<&'static str, Family>,
+    /// Room for this many samples in a new family: one per VMI, the common case.
+    capacity: usize,
 }
 
 impl Builder {
+    fn for_vmis(vmis: usize) -> Self {
+        Self {
+            families: HashMap::with_capacity(FAMILIES.len()),
+            capacity: vmis,
+        }
+    }
+
     fn push(&mut self, spec: &FamilySpec, labels: Labels, value: f64, timestamp_ms: Option<i64>) {
-        let family = self
-            .families
-            .entry(spec.name)
-            .or_insert_with(|| Family::new(spec.name, spec.help, spec.kind));
+        let family = self.families.entry(spec.name).or_insert_with(|| Family {
+            samples: Vec::with_capacity(self.capacity),
+            ..Family::new(spec.name, spec.help, spec.kind)
+        });
         family.samples.push(Sample {
             suffix: "",
             labels,
@@ -481,20 +493,50 @@ impl Builder {
     }
 
     fn finish(self) -> Vec<Family> {
-        self.families
+        let mut families: Vec<Family> = self
+            .families
             .into_values()
-            .filter_map(|mut family| {
-                family.samples.sort_by(|a, b| {
-                    a.labels
-                        .cmp(&b.labels)
-                        .then(a.timestamp_ms.cmp(&b.timestamp_ms))
-                });
-                family
-                    .samples
-                    .dedup_by(|b, a| a.labels == b.labels && a.timestamp_ms == b.timestamp_ms);
-                (!family.samples.is_empty()).then_some(family)
-            })
-            .collect()
+            .filter(|family| !family.samples.is_empty())
+            .collect();
+        families.sort_by(|a, b| a.name.cmp(&b.name));
+        for family in &mut families {
+            order_and_dedup(family);
+        }
+        families
+    }
+}
+
+/// Puts a family's series in client_golang's order ([`series_order`]), once, here, so that
+/// the encoders find them ordered; and drops exact duplicates (same labels and timestamp),
+/// keeping the first pushed.
+///
+/// Series tie in that order when their label values are the same, place by place: the same
+/// series twice, or label sets that differ only in their names. Within a tie they are
+/// ordered by their whole labels, names included, so nothing depends on the order of the
+/// input, and duplicates end up next to each other. Ties are rare (a VMI reported twice, two
+/// NICs with the same alias), so the common case is one sort and one pass.
+fn order_and_dedup(family: &mut Family) {
+    let order = series_order(family.kind);
+    let samples = &mut family.samples;
+    samples.sort_by(|a, b| order(a, b));
+    let mut tied = false;
+    let mut start = 0;
+    for end in 1..=samples.len() {
+        if end < samples.len() && order(&samples[end - 1], &samples[end]).is_eq() {
+            continue;
+        }
+        if end - start > 1 {
+            samples[start..end].sort_by(|a, b| {
+                a.labels
+                    .cmp(&b.labels)
+                    .then(a.timestamp_ms.cmp(&b.timestamp_ms))
+            });
+            tied = true;
+        }
+        start = end;
+    }
+    if tied {
+        samples.dedup_by(|b, a| a.labels == b.labels && a.timestamp_ms == b.timestamp_ms);
     }
 }
 
@@ -531,14 +573,16 @@ impl VmiLabels {
         self.base.clone()
     }
 
+    /// The identity labels and `extra`, finished as [`finish_labels`] would: each extra label
+    /// with a value goes into its place by name in the already finished base.
     fn with(&self, extra: &[(&'static str, &str)]) -> Labels {
-        let mut labels = self.base.clone();
-        labels.extend(
-            extra
-                .iter()
-                .map(|(name, value)| (label(name), LabelValue::from(*value))),
-        );
-        finish_labels(labels)
+        let mut labels = Labels::with_capacity(self.base.len() + extra.len());
+        labels.extend_from_slice(&self.base);
+        for (name, value) in extra.iter().filter(|(_, value)| !value.is_empty()) {
+            let at = labels.partition_point(|(existing, _)| existing.as_str() <= *name);
+            labels.insert(at, (label(name), LabelValue::from(*value)));
+        }
+        labels
     }
 }
 

@@ -381,6 +381,95 @@ fn colliding_series_are_kept_once() {
 }
 
 #[test]
+fn the_first_of_colliding_series_wins_and_ties_do_not_depend_on_input_order() {
+    let nic = |rx_pkts| NetStats {
+        name: Some("tap".into()),
+        alias: Some(String::new()),
+        rx_pkts: Some(rx_pkts),
+        ..NetStats::default()
+    };
+    let families = render(
+        &[vmi_stats(DomainStats {
+            nets: vec![nic(7), nic(9)],
+            ..DomainStats::default()
+        })],
+        &[],
+    );
+    let packets = family(&families, "kubevirt_vmi_network_receive_packets_total");
+    assert_eq!(packets.samples.len(), 1);
+    assert_eq!(packets.samples[0].value, 7.0);
+
+    // The same VMI reported twice with different label keys but the same values: the two
+    // series tie in client_golang's order (it compares values only) and come out ordered by
+    // label names, whichever was reported first.
+    let with_label = |key: &str, rx: u64| VmiStats {
+        vmi: identity(&[(key, "x")]),
+        ..vmi_stats(DomainStats {
+            nets: vec![NetStats {
+                name: Some("tap".into()),
+                rx_pkts: Some(rx),
+                ..NetStats::default()
+            }],
+            ..DomainStats::default()
+        })
+    };
+    for input in [
+        [with_label("b", 2), with_label("a", 1)],
+        [with_label("a", 1), with_label("b", 2)],
+    ] {
+        let families = render(&input, &[]);
+        let packets = family(&families, "kubevirt_vmi_network_receive_packets_total");
+        let values: Vec<f64> = packets.samples.iter().map(|s| s.value).collect();
+        assert_eq!(values, [1.0, 2.0]);
+    }
+}
+
+#[test]
+fn rendered_series_are_already_in_client_golang_order() {
+    let vmi = |namespace: &str, name: &str, app: &str| VmiStats {
+        vmi: VmiIdentity {
+            namespace: namespace.into(),
+            name: name.into(),
+            ..identity(&[("app", app)])
+        },
+        ..vmi_stats(DomainStats {
+            memory: Some(MemoryStats {
+                rss: Some(1),
+                ..MemoryStats::default()
+            }),
+            blocks: ["vdb", "vda"]
+                .into_iter()
+                .map(|name| BlockStats {
+                    name: Some(name.into()),
+                    rd_reqs: Some(1),
+                    ..BlockStats::default()
+                })
+                .collect(),
+            ..DomainStats::default()
+        })
+    };
+    let families = render(
+        &[
+            vmi("ns2", "a", "web"),
+            vmi("ns1", "b", "db"),
+            vmi("ns1", "a", "web"),
+        ],
+        &[],
+    );
+    for (family, ordered) in crate::core::metric::client_golang_order(&families) {
+        let rendered: Vec<&Sample> = family.samples.iter().collect();
+        assert_eq!(rendered, ordered, "{}", family.name);
+    }
+    let reads = family(&families, "kubevirt_vmi_storage_iops_read_total");
+    let order: Vec<Vec<(String, String)>> = reads.samples.iter().map(label_pairs).collect();
+    assert_eq!(order[0][0], ("drive".to_owned(), "vda".to_owned()));
+    assert_eq!(
+        order[0][1],
+        ("kubernetes_vmi_label_app".to_owned(), "db".to_owned())
+    );
+}
+
+#[test]
 fn filesystems_guest_load_and_dirty_rate() {
     let mut stats = vmi_stats(DomainStats {
         load: Some(GuestLoad {
