@@ -29,6 +29,17 @@ impl MetricType {
             Self::Untyped => "untyped",
         }
     }
+
+    /// The label that belongs to the structure of a histogram (`le`, a bucket's bound) or a
+    /// summary (`quantile`) rather than to its series. Other kinds have none: there `le` and
+    /// `quantile` are ordinary labels. Every encoder and the series order ask this one place.
+    pub fn bound_label(self) -> Option<&'static str> {
+        match self {
+            Self::Histogram => Some("le"),
+            Self::Summary => Some("quantile"),
+            Self::Counter | Self::Gauge | Self::Untyped => None,
+        }
+    }
 }
 
 /// A label name: static for the fixed ones, built for `kubernetes_vmi_label_*`.
@@ -104,8 +115,8 @@ impl Family {
 /// Families and samples in the order client_golang's registry writes them: families sorted by
 /// name, a family's series sorted by label values (positionally), then by timestamp with
 /// untimestamped samples last; families without samples left out. Histogram and summary
-/// series keep their `_bucket`/`_sum`/`_count` samples together (for those two kinds the sort
-/// ignores `le` and `quantile`, which are not series labels there, and is stable).
+/// series keep their `_bucket`/`_sum`/`_count` samples together (the sort ignores their
+/// [`MetricType::bound_label`], which is not a series label, and is stable).
 ///
 /// Every encoder walks this view, so KubeVirt's byte order holds whatever order the
 /// producers used, and nothing is cloned.
@@ -127,17 +138,16 @@ pub fn client_golang_order(families: &[Family]) -> Vec<(&Family, Vec<&Sample>)> 
 /// [`client_golang_order`]). A producer that sorts its samples with it leaves the encoders'
 /// sort a single pass over already ordered series.
 pub(crate) fn series_order(kind: MetricType) -> impl Fn(&Sample, &Sample) -> std::cmp::Ordering {
-    let bucketed = matches!(kind, MetricType::Histogram | MetricType::Summary);
-    move |a, b| compare_series(a, b, bucketed)
+    let bound = kind.bound_label();
+    move |a, b| compare_series(a, b, bound)
 }
 
-/// The label values that tell a histogram's or summary's series apart: all but `le` and
-/// `quantile`.
-fn bucketed_series_labels(sample: &Sample) -> impl Iterator<Item = &str> {
+/// The label values that tell a histogram's or summary's series apart: all but its bound.
+fn series_label_values<'a>(sample: &'a Sample, bound: &'a str) -> impl Iterator<Item = &'a str> {
     sample
         .labels
         .iter()
-        .filter(|(name, _)| name != "le" && name != "quantile")
+        .filter(move |(name, _)| name != bound)
         .map(|(_, value)| value.as_str())
 }
 
@@ -145,13 +155,13 @@ fn label_values(sample: &Sample) -> impl Iterator<Item = &str> {
     sample.labels.iter().map(|(_, value)| value.as_str())
 }
 
-fn compare_series(a: &Sample, b: &Sample, bucketed: bool) -> std::cmp::Ordering {
+fn compare_series(a: &Sample, b: &Sample, bound: Option<&str>) -> std::cmp::Ordering {
     use std::cmp::Ordering;
-    let by_labels = if bucketed {
-        let count = |s: &Sample| bucketed_series_labels(s).count();
+    let by_labels = if let Some(bound) = bound {
+        let count = |s: &Sample| series_label_values(s, bound).count();
         count(a)
             .cmp(&count(b))
-            .then_with(|| bucketed_series_labels(a).cmp(bucketed_series_labels(b)))
+            .then_with(|| series_label_values(a, bound).cmp(series_label_values(b, bound)))
     } else {
         // Every label is a series label: no filtering on the path of the families with
         // most series.
@@ -212,5 +222,13 @@ mod tests {
             sample("", &[("x", "a")], 3.0),
         ];
         assert_eq!(order(gauge), [3.0, 2.0, 1.0]);
+
+        // Only a summary's `quantile` is its bound; on a histogram it tells series apart.
+        let mut histogram = Family::new("h", "", MetricType::Histogram);
+        histogram.samples = vec![
+            sample("_bucket", &[("le", "1"), ("quantile", "b")], 1.0),
+            sample("_bucket", &[("le", "1"), ("quantile", "a")], 2.0),
+        ];
+        assert_eq!(order(histogram), [2.0, 1.0]);
     }
 }

@@ -89,8 +89,7 @@ fn write_sample(out: &mut String, family: &Family, sample: &Sample) {
 
 /// `le` of a histogram and `quantile` of a summary are floats, written OpenMetrics style.
 fn is_bound_label(kind: MetricType, name: &str) -> bool {
-    (kind == MetricType::Histogram && name == "le")
-        || (kind == MetricType::Summary && name == "quantile")
+    kind.bound_label() == Some(name)
 }
 
 fn push_bound(out: &mut String, value: &str) {

@@ -178,7 +178,7 @@ fn metric(family: &Family, batch_ns: u64, starts: &mut StartTimes) -> Option<Met
                 .samples
                 .iter()
                 .map(|sample| {
-                    let key = series_key(&family.name, &sample.labels);
+                    let key = series_key(&family.name, &sample.labels, None);
                     let time_ns = sample_ns(sample, batch_ns);
                     number_point(sample, starts.start(key, time_ns, sample.value), time_ns)
                 })
@@ -231,7 +231,7 @@ fn prometheus_type(kind: MetricType) -> &'static str {
 
 fn number_point(sample: &Sample, start_ns: u64, time_ns: u64) -> NumberDataPoint {
     NumberDataPoint {
-        attributes: attributes(&sample.labels),
+        attributes: attributes(&sample.labels, None),
         start_time_unix_nano: start_ns,
         time_unix_nano: time_ns,
         value: Some(number_data_point::Value::AsDouble(sample.value)),
@@ -260,13 +260,14 @@ impl Series<'_> {
     }
 }
 
-/// Groups a histogram's or summary's samples by series (labels without `bound_label`), in
-/// order of first appearance.
-fn group_series<'a>(family: &'a Family, bound_label: &str) -> Vec<Series<'a>> {
+/// Groups a histogram's or summary's samples by series (labels without its
+/// [`MetricType::bound_label`]), in order of first appearance.
+fn group_series(family: &Family) -> Vec<Series<'_>> {
+    let bound = family.kind.bound_label();
     let mut index: HashMap<u64, usize> = HashMap::new();
-    let mut series: Vec<Series<'a>> = Vec::new();
+    let mut series: Vec<Series<'_>> = Vec::new();
     for sample in &family.samples {
-        let key = series_key(&family.name, &sample.labels);
+        let key = series_key(&family.name, &sample.labels, bound);
         let slot = *index.entry(key).or_insert_with(|| {
             series.push(Series {
                 key,
@@ -287,7 +288,7 @@ fn group_series<'a>(family: &'a Family, bound_label: &str) -> Vec<Series<'a>> {
                 let bound = sample
                     .labels
                     .iter()
-                    .find(|(name, _)| name == bound_label)
+                    .find(|(name, _)| Some(name.as_str()) == bound)
                     .and_then(|(_, value)| parse_float(value));
                 if let Some(bound) = bound {
                     entry.points.push((bound, sample.value));
@@ -303,7 +304,7 @@ fn histogram_points(
     batch_ns: u64,
     starts: &mut StartTimes,
 ) -> Vec<HistogramDataPoint> {
-    group_series(family, "le")
+    group_series(family)
         .into_iter()
         .filter_map(|mut series| {
             let count = series.count?;
@@ -329,7 +330,7 @@ fn histogram_points(
             }
             let (start_ns, time_ns) = series.times(count, batch_ns, starts);
             Some(HistogramDataPoint {
-                attributes: attributes(series.labels),
+                attributes: attributes(series.labels, family.kind.bound_label()),
                 start_time_unix_nano: start_ns,
                 time_unix_nano: time_ns,
                 count: total,
@@ -347,13 +348,13 @@ fn summary_points(
     batch_ns: u64,
     starts: &mut StartTimes,
 ) -> Vec<SummaryDataPoint> {
-    group_series(family, "quantile")
+    group_series(family)
         .into_iter()
         .filter_map(|series| {
             let count = series.count?;
             let (start_ns, time_ns) = series.times(count, batch_ns, starts);
             Some(SummaryDataPoint {
-                attributes: attributes(series.labels),
+                attributes: attributes(series.labels, family.kind.bound_label()),
                 start_time_unix_nano: start_ns,
                 time_unix_nano: time_ns,
                 count: to_count(count),
@@ -369,17 +370,14 @@ fn summary_points(
         .collect()
 }
 
-/// KubeVirt's labels as attributes, unchanged and in order; `le`/`quantile` are structure.
-fn attributes(labels: &Labels) -> Vec<KeyValue> {
+/// KubeVirt's labels as attributes, unchanged and in order, but for a histogram's or
+/// summary's `bound` label, which is structure there.
+fn attributes(labels: &Labels, bound: Option<&str>) -> Vec<KeyValue> {
     labels
         .iter()
-        .filter(|(name, _)| !is_bound_label(name))
+        .filter(|(name, _)| Some(name.as_str()) != bound)
         .map(|(name, value)| string_attribute(name, value))
         .collect()
-}
-
-fn is_bound_label(name: &str) -> bool {
-    name == "le" || name == "quantile"
 }
 
 fn string_attribute(key: &str, value: &str) -> KeyValue {
@@ -392,11 +390,14 @@ fn string_attribute(key: &str, value: &str) -> KeyValue {
     }
 }
 
-/// Identifies a series (family name and labels without `le`/`quantile`) across passes.
-fn series_key(name: &str, labels: &Labels) -> u64 {
+/// Identifies a series (family name and labels without the `bound` label) across passes.
+fn series_key(name: &str, labels: &Labels, bound: Option<&str>) -> u64 {
     let mut hasher = DefaultHasher::new();
     name.hash(&mut hasher);
-    for (label, value) in labels.iter().filter(|(name, _)| !is_bound_label(name)) {
+    for (label, value) in labels
+        .iter()
+        .filter(|(name, _)| Some(name.as_str()) != bound)
+    {
         label.hash(&mut hasher);
         value.hash(&mut hasher);
     }
@@ -539,5 +540,41 @@ mod tests {
         assert_eq!(point.bucket_counts, vec![2, 3, 2]);
         assert_eq!((point.count, point.sum), (7, Some(4.5)));
         assert_eq!(point.attributes.len(), 1);
+    }
+
+    #[test]
+    fn le_and_quantile_are_ordinary_attributes_of_a_gauge_or_counter() {
+        let mut gauge = Family::new("g", "h", MetricType::Gauge);
+        gauge.samples.push(Sample::new(
+            labels(&[("le", "low"), ("quantile", "p50"), ("x", "y")]),
+            1.0,
+        ));
+        let mut counter = counter(2.0);
+        counter.samples[0].labels = labels(&[("le", "a"), ("x", "y")]);
+        let mut other = counter.samples[0].clone();
+        other.labels = labels(&[("le", "b"), ("x", "y")]);
+        counter.samples.push(other);
+        let request = request(
+            &batch(vec![gauge, counter], 1),
+            &resource(&Resource::default()),
+            &mut StartTimes::default(),
+        );
+        let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+        let keys = |attributes: &[KeyValue]| -> Vec<String> {
+            attributes.iter().map(|kv| kv.key.clone()).collect()
+        };
+        let Some(metric::Data::Gauge(gauge)) = &metrics[0].data else {
+            panic!("not a gauge");
+        };
+        assert_eq!(
+            keys(&gauge.data_points[0].attributes),
+            ["le", "quantile", "x"]
+        );
+        let Some(metric::Data::Sum(sum)) = &metrics[1].data else {
+            panic!("not a sum");
+        };
+        // Two series told apart by `le` alone.
+        assert_eq!(sum.data_points.len(), 2);
+        assert_eq!(keys(&sum.data_points[1].attributes), ["le", "x"]);
     }
 }
