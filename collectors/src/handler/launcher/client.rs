@@ -12,6 +12,7 @@
 //! does a reply that does not decode as KubeVirt's message (a protocol mismatch), with what
 //! the launcher offered printed as it is.
 
+use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -289,9 +290,12 @@ pub fn highest_compatible(offered: &[u32], supported: &[u32]) -> Option<u32> {
 }
 
 /// Negotiated clients by socket path, reused across passes.
+///
+/// Keyed by the path's bytes: it is looked up several times per VMI per pass, and hashing a
+/// `Path` walks its components.
 #[derive(Debug, Default)]
 pub struct ClientPool {
-    clients: Mutex<HashMap<PathBuf, LauncherClient>>,
+    clients: Mutex<HashMap<OsString, LauncherClient>>,
 }
 
 impl ClientPool {
@@ -302,27 +306,29 @@ impl ClientPool {
         timeouts: RpcTimeouts,
         deadline: Instant,
     ) -> Result<LauncherClient, ClientError> {
-        if let Some(client) = self.lock().get(socket) {
+        if let Some(client) = self.lock().get(socket.as_os_str()) {
             return Ok(client.clone());
         }
         let client = LauncherClient::connect(socket, timeouts, deadline).await?;
-        self.lock().insert(socket.to_path_buf(), client.clone());
+        self.lock()
+            .insert(socket.as_os_str().to_owned(), client.clone());
         Ok(client)
     }
 
     /// Whether a connection to `socket` is kept.
     pub fn contains(&self, socket: &Path) -> bool {
-        self.lock().contains_key(socket)
+        self.lock().contains_key(socket.as_os_str())
     }
 
     /// Drops the connection to `socket`; the next pass dials again.
     pub fn forget(&self, socket: &Path) {
-        self.lock().remove(socket);
+        self.lock().remove(socket.as_os_str());
     }
 
     /// Drops connections to every socket not in `live` (VMIs gone or moved).
-    pub fn retain(&self, live: &HashSet<PathBuf>) {
-        self.lock().retain(|socket, _| live.contains(socket));
+    pub fn retain(&self, live: &HashSet<&OsStr>) {
+        self.lock()
+            .retain(|socket, _| live.contains(socket.as_os_str()));
     }
 
     /// How many connections are kept.
@@ -334,7 +340,7 @@ impl ClientPool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, LauncherClient>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OsString, LauncherClient>> {
         self.clients.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

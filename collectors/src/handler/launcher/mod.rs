@@ -21,11 +21,12 @@ pub mod payload;
 pub mod proto;
 pub mod socket;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use foldhash::{HashSet, HashSetExt as _};
+use foldhash::HashSet;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
@@ -144,13 +145,9 @@ impl LauncherSource {
         };
 
         let mut jobs = Vec::with_capacity(vmis.len());
-        let mut live_sockets = HashSet::with_capacity(vmis.len());
         for vmi in vmis {
             match self.find_socket(&vmi) {
-                Ok(socket) => {
-                    live_sockets.insert(socket.clone());
-                    jobs.push((vmi, socket));
-                }
+                Ok(socket) => jobs.push((vmi, socket)),
                 Err(err) => {
                     // A VMI that is not running yet (or any more) has no launcher to ask;
                     // virt-handler skips it silently, and so do we.
@@ -162,6 +159,7 @@ impl LauncherSource {
                 }
             }
         }
+        let live_sockets: HashSet<&OsStr> = jobs.iter().map(|(_, s)| s.as_os_str()).collect();
         self.shared.pool.retain(&live_sockets);
 
         let cutoff = vmi_cutoff(deadline);

@@ -43,18 +43,35 @@ fn display_paths(paths: &[PathBuf]) -> String {
     shown.join(", ")
 }
 
+/// Below a pod's directory, the `sockets` emptyDir.
+const SOCKET_DIR: [&str; 3] = ["volumes", "kubernetes.io~empty-dir", "sockets"];
+
 /// The `sockets` emptyDir of a pod, seen through the kubelet's pods directory.
 pub fn socket_dir(pods_dir: &Path, pod_uid: &str) -> PathBuf {
-    pods_dir
-        .join(pod_uid)
-        .join("volumes")
-        .join("kubernetes.io~empty-dir")
-        .join("sockets")
+    pod_path(pods_dir, pod_uid, &SOCKET_DIR)
 }
 
 /// The launcher's command socket of a pod.
 pub fn socket_path(pods_dir: &Path, pod_uid: &str) -> PathBuf {
-    socket_dir(pods_dir, pod_uid).join(SOCKET_FILE)
+    let [volumes, empty_dir, sockets] = SOCKET_DIR;
+    pod_path(
+        pods_dir,
+        pod_uid,
+        &[volumes, empty_dir, sockets, SOCKET_FILE],
+    )
+}
+
+/// `pods_dir/pod_uid/below...`, in one allocation (this runs for every VMI on every pass).
+fn pod_path(pods_dir: &Path, pod_uid: &str, below: &[&str]) -> PathBuf {
+    let len = pods_dir.as_os_str().len() + 1 + pod_uid.len();
+    let mut path =
+        PathBuf::with_capacity(len + below.iter().map(|part| part.len() + 1).sum::<usize>());
+    path.push(pods_dir);
+    path.push(pod_uid);
+    for part in below {
+        path.push(part);
+    }
+    path
 }
 
 /// Finds the one launcher socket of a VMI on `node` (an empty node matches every pod, as
