@@ -2,9 +2,10 @@
 //!
 //! - At most `max_connections` connections. When all are taken, the one idle the longest
 //!   (no request in progress: a keep-alive connection between scrapes, a client that never
-//!   sent anything, a slow request head) is closed to make room; only when every connection
-//!   is busy with a request is the new one refused. So idle hoarders cannot lock Prometheus
-//!   and the kubelet's probes out.
+//!   sent anything, a slow request head, a response handed to the socket that its reader
+//!   does not read) is closed to make room; only when every connection is busy with a
+//!   request is the new one refused. So idle hoarders cannot lock Prometheus and the
+//!   kubelet's probes out (`tests/server_slots.rs`).
 //! - hyper's header read timeout (`idle_timeout`): a connection must deliver a complete
 //!   request head within this long of opening or of its previous response.
 //! - `header_timeout`, from the first byte of a request head to its end (slow loris).

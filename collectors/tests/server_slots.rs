@@ -1,0 +1,111 @@
+//! The connection limit against connections that hoard it: when every slot is held by a
+//! client that asked for pages and never reads them, a new scrape still gets in. The
+//! handler of a hoarder's request has finished (its response waits in the write buffer), so
+//! the hoarder counts as idle and the one idle the longest is closed to make room; the
+//! write timeout would cut them all off later anyway. Its own test binary: the hostile-load
+//! test measures the process's memory.
+
+#![allow(clippy::unwrap_used)]
+
+mod server_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubevirt_metrics_collectors::core::metric::{Family, MetricType, Sample};
+use kubevirt_metrics_collectors::core::runtime;
+use kubevirt_metrics_flags::Mode;
+use server_support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+const SLOTS: usize = 3;
+
+/// About 150 KB of text: more than the socket buffers of a reader that never reads.
+fn big_families() -> Vec<Family> {
+    let mut family = Family::new(
+        "kubevirt_vmi_memory_resident_bytes",
+        "Resident set size of the process running the domain.",
+        MetricType::Gauge,
+    );
+    family.samples = (0..2000)
+        .map(|i| {
+            Sample::new(
+                vec![
+                    ("name".into(), format!("vm-{i:05}").into()),
+                    ("namespace".into(), "default".into()),
+                ],
+                f64::from(i) * 1024.0,
+            )
+        })
+        .collect();
+    vec![family]
+}
+
+/// A connection that asks for many pages and never reads them.
+async fn never_reading_reader(addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(
+            "GET /metrics HTTP/1.1\r\nHost: sidecar\r\n\r\n"
+                .repeat(64)
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_never_read_cannot_lock_a_scrape_out() {
+    tokio::time::timeout(Duration::from_secs(40), hoarded_slots())
+        .await
+        .expect("the whole test is bounded");
+}
+
+async fn hoarded_slots() {
+    let mut common = args(Mode::Full);
+    common.max_connections = SLOTS;
+    let collector = Arc::new(ScriptedCollector::new(big_families()));
+    let running = runtime::start("virt-handler-metrics", &common, collector)
+        .await
+        .unwrap();
+    let addr = running.local_addr();
+    let base = format!("http://{addr}");
+    // A fresh connection per request, as the kubelet's probes and a restarted Prometheus.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    wait_ready(&client, &base).await;
+
+    let mut hoarders = Vec::new();
+    for _ in 0..SLOTS {
+        hoarders.push(never_reading_reader(addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in ["/healthz", "/metrics", "/healthz"] {
+        let response = client.get(format!("{base}{path}")).send().await;
+        let response = response.unwrap_or_else(|e| panic!("{path} with every slot hoarded: {e}"));
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(!response.bytes().await.unwrap().is_empty(), "{path}");
+    }
+
+    let evicted = "kubevirt_metrics_sidecar_http_refused_total{reason=\"idle_evicted\"}";
+    let refused = "kubevirt_metrics_sidecar_http_refused_total{reason=\"connection_limit\"}";
+    wait_until(Duration::from_secs(10), "the evictions counted", || async {
+        let body = get_text(&client, &format!("{base}/metrics")).await.1;
+        // The first scrape took a hoarder's place; it closed its connection, so the
+        // next ones found a free slot.
+        sample_value(&body, evicted).unwrap_or(0.0) >= 1.0
+            && sample_value(&body, refused).unwrap_or(0.0) == 0.0
+    })
+    .await;
+    drop(hoarders);
+    running.stop().await.unwrap();
+}
