@@ -518,7 +518,17 @@ impl Builder {
 fn order_and_dedup(family: &mut Family) {
     let order = series_order(family.kind);
     let samples = &mut family.samples;
-    samples.sort_by(|a, b| order(a, b));
+    // A comparison sort compares every pair that ends up adjacent, so a sort that never saw
+    // two series compare equal left no tie to resolve.
+    let mut compared_equal = false;
+    samples.sort_by(|a, b| {
+        let ordering = order(a, b);
+        compared_equal |= ordering.is_eq();
+        ordering
+    });
+    if !compared_equal {
+        return;
+    }
     let mut tied = false;
     let mut start = 0;
     for end in 1..=samples.len() {
