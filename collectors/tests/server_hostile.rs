@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kubevirt_metrics_collectors::core::metric::{Family, MetricType, Sample};
 use kubevirt_metrics_collectors::core::runtime;
 use kubevirt_metrics_flags::Mode;
 use server_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,25 +25,6 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 const IDLE_CONNECTIONS: usize = 200;
 const FLOOD_REQUESTS: usize = 400;
 const FLOOD_CONCURRENCY: usize = 16;
-
-/// About 150 KB of text: big enough that a reader who never reads blocks the writer.
-fn big_families() -> Vec<Family> {
-    let mut family = Family::new(
-        "kubevirt_vmi_memory_resident_bytes",
-        "Resident set size of the process running the domain.",
-        MetricType::Gauge,
-    );
-    for i in 0..2000 {
-        family.samples.push(Sample::new(
-            vec![
-                ("name".into(), format!("vm-{i:05}").into()),
-                ("namespace".into(), "default".into()),
-            ],
-            f64::from(i) * 1024.0,
-        ));
-    }
-    vec![family]
-}
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -125,17 +105,7 @@ async fn hostile_load() {
     }
 
     // A reader that asks for many pages and never reads them.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut slow_reader = socket.connect(addr).await.unwrap();
-    slow_reader
-        .write_all(
-            "GET /metrics HTTP/1.1\r\nHost: sidecar\r\n\r\n"
-                .repeat(64)
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let mut slow_reader = never_reading_reader(addr).await;
 
     // A slow loris: one byte of request head every 300 ms.
     let loris = tokio::spawn(async move {

@@ -9,55 +9,14 @@
 
 mod server_support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubevirt_metrics_collectors::core::metric::{Family, MetricType, Sample};
 use kubevirt_metrics_collectors::core::runtime;
 use kubevirt_metrics_flags::Mode;
 use server_support::*;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
 
 const SLOTS: usize = 3;
-
-/// About 150 KB of text: more than the socket buffers of a reader that never reads.
-fn big_families() -> Vec<Family> {
-    let mut family = Family::new(
-        "kubevirt_vmi_memory_resident_bytes",
-        "Resident set size of the process running the domain.",
-        MetricType::Gauge,
-    );
-    family.samples = (0..2000)
-        .map(|i| {
-            Sample::new(
-                vec![
-                    ("name".into(), format!("vm-{i:05}").into()),
-                    ("namespace".into(), "default".into()),
-                ],
-                f64::from(i) * 1024.0,
-            )
-        })
-        .collect();
-    vec![family]
-}
-
-/// A connection that asks for many pages and never reads them.
-async fn never_reading_reader(addr: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    stream
-        .write_all(
-            "GET /metrics HTTP/1.1\r\nHost: sidecar\r\n\r\n"
-                .repeat(64)
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-    stream
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_never_read_cannot_lock_a_scrape_out() {

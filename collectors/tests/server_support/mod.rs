@@ -19,7 +19,8 @@ use hyper_util::rt::TokioIo;
 use kubevirt_metrics_collectors::core::collect::{Collection, Collector, Problem};
 use kubevirt_metrics_collectors::core::metric::{Family, MetricType, Sample};
 use kubevirt_metrics_flags::{CommonArgs, Mode};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -480,4 +481,41 @@ print(json.dumps(names))
             String::from_utf8_lossy(&output.stderr)
         ))),
     }
+}
+
+/// About 150 KB of text: big enough that a reader who never reads blocks the writer.
+pub fn big_families() -> Vec<Family> {
+    let mut family = Family::new(
+        "kubevirt_vmi_memory_resident_bytes",
+        "Resident set size of the process running the domain.",
+        MetricType::Gauge,
+    );
+    family.samples = (0..2000)
+        .map(|i| {
+            Sample::new(
+                vec![
+                    ("name".into(), format!("vm-{i:05}").into()),
+                    ("namespace".into(), "default".into()),
+                ],
+                f64::from(i) * 1024.0,
+            )
+        })
+        .collect();
+    vec![family]
+}
+
+/// A connection that asks for [`big_families`]' page 64 times and never reads the answers.
+pub async fn never_reading_reader(addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(
+            "GET /metrics HTTP/1.1\r\nHost: sidecar\r\n\r\n"
+                .repeat(64)
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stream
 }
