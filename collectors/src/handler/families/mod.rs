@@ -514,7 +514,7 @@ impl Builder {
 /// series twice, or label sets that differ only in their names. Within a tie they are
 /// ordered by their whole labels, names included, so nothing depends on the order of the
 /// input, and duplicates end up next to each other. Ties are rare (a VMI reported twice, two
-/// NICs with the same alias), so the common case is one sort and one pass.
+/// NICs with the same alias), so the common case is the sort alone.
 fn order_and_dedup(family: &mut Family) {
     let order = series_order(family.kind);
     let samples = &mut family.samples;
