@@ -211,19 +211,17 @@ impl LauncherSource {
     }
 
     /// The VMI's socket, as virt-handler finds it; except that virt-handler's unresponsive
-    /// marker is looked for only before dialling. The marker says that virt-handler could not
-    /// reach the launcher; a kept connection says otherwise, and a hung call or a transport
-    /// failure drops it, after which the marker counts again. This saves one of the two
+    /// marker is looked for only before dialling: a hung call or a transport failure drops
+    /// the kept connection, after which the marker counts again. This saves one of the two
     /// lookups in the kubelet's deep directories per VMI per pass.
     fn find_socket(&self, vmi: &VirtualMachineInstance) -> Result<PathBuf, SocketError> {
         let settings = &self.shared.settings;
-        let socket =
-            socket::locate_socket(&settings.pods_dir, &settings.node_name, vmi.active_pods())?;
-        if self.shared.pool.contains(&socket) {
-            Ok(socket)
-        } else {
-            socket::unless_marked_unresponsive(socket)
-        }
+        socket::find_socket(
+            &settings.pods_dir,
+            &settings.node_name,
+            vmi.active_pods(),
+            |socket| self.shared.pool.contains(socket),
+        )
     }
 }
 

@@ -43,32 +43,18 @@ fn display_paths(paths: &[PathBuf]) -> String {
     shown.join(", ")
 }
 
-/// Below a pod's directory, the `sockets` emptyDir.
-const SOCKET_DIR: [&str; 3] = ["volumes", "kubernetes.io~empty-dir", "sockets"];
-
-/// The `sockets` emptyDir of a pod, seen through the kubelet's pods directory.
-pub fn socket_dir(pods_dir: &Path, pod_uid: &str) -> PathBuf {
-    pod_path(pods_dir, pod_uid, &SOCKET_DIR)
-}
-
-/// The launcher's command socket of a pod.
+/// The launcher's command socket of a pod, built in one allocation (this runs for every VMI
+/// on every pass).
 pub fn socket_path(pods_dir: &Path, pod_uid: &str) -> PathBuf {
-    let [volumes, empty_dir, sockets] = SOCKET_DIR;
-    pod_path(
-        pods_dir,
-        pod_uid,
-        &[volumes, empty_dir, sockets, SOCKET_FILE],
-    )
-}
-
-/// `pods_dir/pod_uid/below...`, in one allocation (this runs for every VMI on every pass).
-fn pod_path(pods_dir: &Path, pod_uid: &str, below: &[&str]) -> PathBuf {
-    let len = pods_dir.as_os_str().len() + 1 + pod_uid.len();
-    let mut path =
-        PathBuf::with_capacity(len + below.iter().map(|part| part.len() + 1).sum::<usize>());
+    const BELOW_POD: [&str; 4] = ["volumes", "kubernetes.io~empty-dir", "sockets", SOCKET_FILE];
+    let len = pods_dir.as_os_str().len()
+        + 1
+        + pod_uid.len()
+        + BELOW_POD.iter().map(|part| part.len() + 1).sum::<usize>();
+    let mut path = PathBuf::with_capacity(len);
     path.push(pods_dir);
     path.push(pod_uid);
-    for part in below {
+    for part in BELOW_POD {
         path.push(part);
     }
     path
@@ -76,26 +62,24 @@ fn pod_path(pods_dir: &Path, pod_uid: &str, below: &[&str]) -> PathBuf {
 
 /// Finds the one launcher socket of a VMI on `node` (an empty node matches every pod, as
 /// in virt-handler) among `active_pods` (pod UID, node name), unless virt-handler marked
-/// it unresponsive.
+/// it unresponsive. The marker is looked at only when `connected(socket)` is false: it says
+/// that virt-handler could not reach the launcher, and a kept connection says otherwise.
 pub fn find_socket<'a>(
     pods_dir: &Path,
     node: &str,
     active_pods: impl IntoIterator<Item = (&'a str, &'a str)>,
+    connected: impl FnOnce(&Path) -> bool,
 ) -> Result<PathBuf, SocketError> {
-    unless_marked_unresponsive(locate_socket(pods_dir, node, active_pods)?)
-}
-
-/// `socket`, unless virt-handler left its unresponsive marker next to it.
-pub fn unless_marked_unresponsive(socket: PathBuf) -> Result<PathBuf, SocketError> {
-    if is_marked_unresponsive(&socket) {
-        Err(SocketError::Unresponsive { socket })
-    } else {
+    let socket = locate_socket(pods_dir, node, active_pods)?;
+    if connected(&socket) || !is_marked_unresponsive(&socket) {
         Ok(socket)
+    } else {
+        Err(SocketError::Unresponsive { socket })
     }
 }
 
 /// [`find_socket`] without the unresponsive marker: where the one socket is.
-pub fn locate_socket<'a>(
+fn locate_socket<'a>(
     pods_dir: &Path,
     node: &str,
     active_pods: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -168,6 +152,10 @@ mod tests {
         socket
     }
 
+    fn not_connected(_: &Path) -> bool {
+        false
+    }
+
     #[test]
     fn path_is_the_kubelet_layout() {
         assert_eq!(
@@ -185,6 +173,7 @@ mod tests {
             pods.path(),
             "node-a",
             [("aaaa", "node-a"), ("bbbb", "node-b")],
+            not_connected,
         )
         .unwrap();
         assert_eq!(found, here);
@@ -193,9 +182,11 @@ mod tests {
     #[test]
     fn no_pod_on_node_missing_socket_and_two_sockets_are_errors() {
         let pods = tempfile::tempdir().unwrap();
-        let err = find_socket(pods.path(), "node-a", [("aaaa", "node-b")]).unwrap_err();
+        let err =
+            find_socket(pods.path(), "node-a", [("aaaa", "node-b")], not_connected).unwrap_err();
         assert!(matches!(err, SocketError::NoPodOnNode { .. }), "{err}");
-        let err = find_socket(pods.path(), "node-a", [("aaaa", "node-a")]).unwrap_err();
+        let err =
+            find_socket(pods.path(), "node-a", [("aaaa", "node-a")], not_connected).unwrap_err();
         assert!(matches!(err, SocketError::NotFound { .. }), "{err}");
         make_socket(pods.path(), "aaaa");
         make_socket(pods.path(), "bbbb");
@@ -203,6 +194,7 @@ mod tests {
             pods.path(),
             "node-a",
             [("aaaa", "node-a"), ("bbbb", "node-a")],
+            not_connected,
         )
         .unwrap_err();
         assert!(
@@ -217,14 +209,25 @@ mod tests {
         let pods = tempfile::tempdir().unwrap();
         let socket = make_socket(pods.path(), "aaaa");
         std::fs::write(socket.parent().unwrap().join(UNRESPONSIVE_MARKER), b"").unwrap();
-        let err = find_socket(pods.path(), "node-a", [("aaaa", "node-a")]).unwrap_err();
+        let err =
+            find_socket(pods.path(), "node-a", [("aaaa", "node-a")], not_connected).unwrap_err();
         assert_eq!(err.kind(), "unresponsive");
+        // A kept connection to the launcher says more than the marker.
+        let connected = |found: &Path| found == socket;
+        let found = find_socket(pods.path(), "node-a", [("aaaa", "node-a")], connected).unwrap();
+        assert_eq!(found, socket);
     }
 
     #[test]
     fn uids_cannot_escape_the_pods_dir() {
         let pods = tempfile::tempdir().unwrap();
-        let err = find_socket(pods.path(), "node-a", [("../../etc", "node-a")]).unwrap_err();
+        let err = find_socket(
+            pods.path(),
+            "node-a",
+            [("../../etc", "node-a")],
+            not_connected,
+        )
+        .unwrap_err();
         assert!(matches!(err, SocketError::NoPodOnNode { .. }), "{err}");
     }
 
@@ -235,7 +238,8 @@ mod tests {
         let link = socket_path(pods.path(), "link");
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        let err = find_socket(pods.path(), "node-a", [("link", "node-a")]).unwrap_err();
+        let err =
+            find_socket(pods.path(), "node-a", [("link", "node-a")], not_connected).unwrap_err();
         assert!(matches!(err, SocketError::NotFound { .. }), "{err}");
     }
 }
