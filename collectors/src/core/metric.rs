@@ -134,34 +134,40 @@ pub fn client_golang_order(families: &[Family]) -> Vec<(&Family, Vec<&Sample>)> 
         .collect()
 }
 
+/// The labels that tell the series of a family of this kind apart: all but its
+/// [`MetricType::bound_label`].
+pub fn series_labels(
+    kind: MetricType,
+    labels: &Labels,
+) -> impl Iterator<Item = &(LabelName, LabelValue)> {
+    let bound = kind.bound_label();
+    labels
+        .iter()
+        .filter(move |(name, _)| Some(name.as_str()) != bound)
+}
+
 /// How client_golang orders the series of a family of this kind (see
 /// [`client_golang_order`]). A producer that sorts its samples with it leaves the encoders'
 /// sort a single pass over already ordered series.
 pub(crate) fn series_order(kind: MetricType) -> impl Fn(&Sample, &Sample) -> std::cmp::Ordering {
-    let bound = kind.bound_label();
-    move |a, b| compare_series(a, b, bound)
+    move |a, b| compare_series(a, b, kind)
 }
 
-/// The label values that tell a histogram's or summary's series apart: all but its bound.
-fn series_label_values<'a>(sample: &'a Sample, bound: &'a str) -> impl Iterator<Item = &'a str> {
-    sample
-        .labels
-        .iter()
-        .filter(move |(name, _)| name != bound)
-        .map(|(_, value)| value.as_str())
+fn series_label_values(kind: MetricType, sample: &Sample) -> impl Iterator<Item = &str> {
+    series_labels(kind, &sample.labels).map(|(_, value)| value.as_str())
 }
 
 fn label_values(sample: &Sample) -> impl Iterator<Item = &str> {
     sample.labels.iter().map(|(_, value)| value.as_str())
 }
 
-fn compare_series(a: &Sample, b: &Sample, bound: Option<&str>) -> std::cmp::Ordering {
+fn compare_series(a: &Sample, b: &Sample, kind: MetricType) -> std::cmp::Ordering {
     use std::cmp::Ordering;
-    let by_labels = if let Some(bound) = bound {
-        let count = |s: &Sample| series_label_values(s, bound).count();
+    let by_labels = if kind.bound_label().is_some() {
+        let count = |s: &Sample| series_label_values(kind, s).count();
         count(a)
             .cmp(&count(b))
-            .then_with(|| series_label_values(a, bound).cmp(series_label_values(b, bound)))
+            .then_with(|| series_label_values(kind, a).cmp(series_label_values(kind, b)))
     } else {
         // Every label is a series label: no filtering on the path of the families with
         // most series.

@@ -31,7 +31,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource as ResourceProto;
 
 use crate::core::export::{Batch, Resource};
-use crate::core::metric::{Family, Labels, MetricType, Sample};
+use crate::core::metric::{Family, Labels, MetricType, Sample, series_labels};
 
 /// The instrumentation scope of every metric this crate pushes.
 pub const SCOPE_NAME: &str = env!("CARGO_PKG_NAME");
@@ -178,9 +178,14 @@ fn metric(family: &Family, batch_ns: u64, starts: &mut StartTimes) -> Option<Met
                 .samples
                 .iter()
                 .map(|sample| {
-                    let key = series_key(&family.name, &sample.labels, None);
+                    let key = series_key(family, &sample.labels);
                     let time_ns = sample_ns(sample, batch_ns);
-                    number_point(sample, starts.start(key, time_ns, sample.value), time_ns)
+                    number_point(
+                        family.kind,
+                        sample,
+                        starts.start(key, time_ns, sample.value),
+                        time_ns,
+                    )
                 })
                 .collect(),
             aggregation_temporality: AggregationTemporality::Cumulative as i32,
@@ -190,7 +195,7 @@ fn metric(family: &Family, batch_ns: u64, starts: &mut StartTimes) -> Option<Met
             data_points: family
                 .samples
                 .iter()
-                .map(|sample| number_point(sample, 0, sample_ns(sample, batch_ns)))
+                .map(|sample| number_point(family.kind, sample, 0, sample_ns(sample, batch_ns)))
                 .collect(),
         }),
         MetricType::Histogram => metric::Data::Histogram(Histogram {
@@ -229,9 +234,9 @@ fn prometheus_type(kind: MetricType) -> &'static str {
     }
 }
 
-fn number_point(sample: &Sample, start_ns: u64, time_ns: u64) -> NumberDataPoint {
+fn number_point(kind: MetricType, sample: &Sample, start_ns: u64, time_ns: u64) -> NumberDataPoint {
     NumberDataPoint {
-        attributes: attributes(&sample.labels, None),
+        attributes: attributes(kind, &sample.labels),
         start_time_unix_nano: start_ns,
         time_unix_nano: time_ns,
         value: Some(number_data_point::Value::AsDouble(sample.value)),
@@ -267,7 +272,7 @@ fn group_series(family: &Family) -> Vec<Series<'_>> {
     let mut index: HashMap<u64, usize> = HashMap::new();
     let mut series: Vec<Series<'_>> = Vec::new();
     for sample in &family.samples {
-        let key = series_key(&family.name, &sample.labels, bound);
+        let key = series_key(family, &sample.labels);
         let slot = *index.entry(key).or_insert_with(|| {
             series.push(Series {
                 key,
@@ -330,7 +335,7 @@ fn histogram_points(
             }
             let (start_ns, time_ns) = series.times(count, batch_ns, starts);
             Some(HistogramDataPoint {
-                attributes: attributes(series.labels, family.kind.bound_label()),
+                attributes: attributes(family.kind, series.labels),
                 start_time_unix_nano: start_ns,
                 time_unix_nano: time_ns,
                 count: total,
@@ -354,7 +359,7 @@ fn summary_points(
             let count = series.count?;
             let (start_ns, time_ns) = series.times(count, batch_ns, starts);
             Some(SummaryDataPoint {
-                attributes: attributes(series.labels, family.kind.bound_label()),
+                attributes: attributes(family.kind, series.labels),
                 start_time_unix_nano: start_ns,
                 time_unix_nano: time_ns,
                 count: to_count(count),
@@ -371,11 +376,9 @@ fn summary_points(
 }
 
 /// KubeVirt's labels as attributes, unchanged and in order, but for a histogram's or
-/// summary's `bound` label, which is structure there.
-fn attributes(labels: &Labels, bound: Option<&str>) -> Vec<KeyValue> {
-    labels
-        .iter()
-        .filter(|(name, _)| Some(name.as_str()) != bound)
+/// summary's bound label, which is structure there.
+fn attributes(kind: MetricType, labels: &Labels) -> Vec<KeyValue> {
+    series_labels(kind, labels)
         .map(|(name, value)| string_attribute(name, value))
         .collect()
 }
@@ -390,14 +393,11 @@ fn string_attribute(key: &str, value: &str) -> KeyValue {
     }
 }
 
-/// Identifies a series (family name and labels without the `bound` label) across passes.
-fn series_key(name: &str, labels: &Labels, bound: Option<&str>) -> u64 {
+/// Identifies a series of `family` (its name and series labels) across passes.
+fn series_key(family: &Family, labels: &Labels) -> u64 {
     let mut hasher = DefaultHasher::new();
-    name.hash(&mut hasher);
-    for (label, value) in labels
-        .iter()
-        .filter(|(name, _)| Some(name.as_str()) != bound)
-    {
+    family.name.hash(&mut hasher);
+    for (label, value) in series_labels(family.kind, labels) {
         label.hash(&mut hasher);
         value.hash(&mut hasher);
     }
