@@ -13,7 +13,9 @@
 # Env: VMIS (10,100,400), ITERATIONS (30), SCRAPES (300), KUBEVIRT_SCRAPES (10),
 # COMPLEMENT_SECONDS (15), SOAK_COLLECTIONS (10000), SOAK_SCRAPES (10000; 0 and 0 skip
 # the soak), KEPT_ONLY=1 (only our pass against the bare calls on kept connections),
-# KUBEVIRT_PEER (else ../shared/kubevirt-peer/unpack.sh). Release build, once.
+# KUBEVIRT_PEER (else ../shared/kubevirt-peer/unpack.sh), WORKER_THREADS (the sidecar's
+# --worker-threads for its runtime and the passes measured here; default the sidecar's).
+# Release build, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +32,4 @@ cargo bench --quiet -p kubevirt-metrics-collectors --bench launcher_scale -- \
   --iterations "${ITERATIONS:-30}" --scrapes "${SCRAPES:-300}" \
   --kubevirt-scrapes "${KUBEVIRT_SCRAPES:-10}" --complement-seconds "${COMPLEMENT_SECONDS:-15}" \
   --soak-collections "${SOAK_COLLECTIONS:-10000}" --soak-scrapes "${SOAK_SCRAPES:-10000}" \
-  ${KEPT_ONLY:+--kept-only}
+  ${KEPT_ONLY:+--kept-only} ${WORKER_THREADS:+--worker-threads "$WORKER_THREADS"}

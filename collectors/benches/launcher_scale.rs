@@ -53,7 +53,7 @@ use kubevirt_metrics_collectors::handler::launcher::{
     LauncherSettings, LauncherSource, RpcTimeouts, StaticVmis, socket,
 };
 use kubevirt_metrics_collectors::k8s::objects::VirtualMachineInstance;
-use kubevirt_metrics_flags::{CommonArgs, Mode};
+use kubevirt_metrics_flags::{CommonArgs, Mode, defaults};
 use support::*;
 
 const NODE: &str = "node01";
@@ -79,6 +79,9 @@ struct Args {
     /// Profiling: after setup, run only this kind of pass (`ours`, `source`, `bare`)
     /// `--iterations` times back to back, e.g. under `perf record`.
     only_loop: Option<String>,
+    /// The runtime's workers, for the passes measured here and for the sidecar process
+    /// (virt-handler-metrics' `--worker-threads`).
+    worker_threads: u16,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
@@ -96,6 +99,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
         soak_scrapes: 0,
         kept_only: false,
         only_loop: None,
+        worker_threads: defaults::WORKER_THREADS,
     };
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -116,6 +120,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
             "--soak-scrapes" => args.soak_scrapes = number(&value()),
             "--kept-only" => args.kept_only = true,
             "--loop" => args.only_loop = Some(value()),
+            "--worker-threads" => {
+                args.worker_threads = u16::try_from(number(&value()))
+                    .unwrap_or_else(|_| fail("--worker-threads: too many"))
+                    .max(1)
+            }
             "--bench" => {} // added by `cargo bench`
             other => fail(&format!("unknown flag {other}")),
         }
@@ -137,13 +146,10 @@ fn main() {
         return sidecar::main(argv.collect());
     }
     let args = parse_args(argv);
-    // Measured on a worker thread, as the sidecar's collection loop runs (a spawned task):
-    // from the thread that blocks on the runtime, every task a pass spawns would go
-    // through the runtime's shared queue and wake a worker.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    // Measured on a worker thread of the runtime the sidecar runs on, as its collection loop
+    // runs (a spawned task): from the thread that blocks on the runtime, every task a pass
+    // spawns would go through the runtime's shared queue and wake a worker.
+    runtime::tokio_runtime(args.worker_threads)
         .unwrap_or_else(|e| fail(&e.to_string()))
         .block_on(async {
             if let Err(err) = tokio::spawn(bench(args)).await {
@@ -153,6 +159,10 @@ fn main() {
 }
 
 async fn bench(args: Args) {
+    println!(
+        "== runtime: {} worker thread(s), for the passes measured here and in the sidecar (--worker-threads)",
+        args.worker_threads
+    );
     let largest = args.vmis.iter().copied().max().unwrap_or(0);
     let mut growth = Vec::new();
     let mut rows = Vec::new();
@@ -491,7 +501,7 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
     // The sidecar as a process of its own, full mode, one collection, then cached scrapes.
     let vmis_file = PathBuf::from(format!("{}-vmis.json", args.workdir.display()));
     std::fs::write(&vmis_file, items.to_string()).unwrap_or_else(|e| fail(&e.to_string()));
-    let mut full = Sidecar::start(&vmis_file, &pods_dir, "full", "1h", None).await;
+    let mut full = Sidecar::start(args, &vmis_file, &pods_dir, "full", "1h", None).await;
     full.wait_collections(1.0, n).await;
     let settled = Memory::of(full.proc.pid());
     let url = full.metrics_url();
@@ -529,6 +539,7 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
 
     // Complement mode against KubeVirt's page, 1 s passes.
     let complement = Sidecar::start(
+        args,
         &vmis_file,
         &pods_dir,
         "complement",
@@ -576,7 +587,7 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
 
 /// Memory while the sidecar collects back to back and is scraped as fast as it answers.
 async fn soak_run(args: &Args, vmis_file: &Path, pods_dir: &Path, n: usize) {
-    let mut sidecar = Sidecar::start(vmis_file, pods_dir, "full", "1ms", None).await;
+    let mut sidecar = Sidecar::start(args, vmis_file, pods_dir, "full", "1ms", None).await;
     sidecar.wait_collections(1.0, n).await;
     let pid = sidecar.proc.pid();
     let url = sidecar.metrics_url();
@@ -870,6 +881,7 @@ struct Sidecar {
 
 impl Sidecar {
     async fn start(
+        bench: &Args,
         vmis_file: &Path,
         pods_dir: &Path,
         mode: &str,
@@ -887,6 +899,7 @@ impl Sidecar {
             mode.into(),
             interval.into(),
             heap_file.display().to_string(),
+            bench.worker_threads.to_string(),
         ];
         args.extend(component_url.map(str::to_owned));
         let mut proc = spawn(&exe.display().to_string(), &args);
@@ -951,7 +964,7 @@ impl Drop for Sidecar {
 }
 
 mod sidecar {
-    //! `--sidecar VMIS_FILE PODS_DIR LISTEN MODE INTERVAL HEAP_FILE [COMPONENT_URL]`: the
+    //! `--sidecar VMIS_FILE PODS_DIR LISTEN MODE INTERVAL HEAP_FILE WORKERS [COMPONENT_URL]`: the
     //! virt-handler-metrics runtime with the launcher source, its VMIs from a file instead of
     //! the API watch; writes its glibc heap counters to HEAP_FILE every 200 ms.
 
@@ -965,11 +978,17 @@ mod sidecar {
             mode,
             interval,
             heap_file,
+            workers,
             rest @ ..,
         ] = argv.as_slice()
         else {
-            fail("--sidecar VMIS_FILE PODS_DIR LISTEN MODE INTERVAL HEAP_FILE [COMPONENT_URL]");
+            fail(
+                "--sidecar VMIS_FILE PODS_DIR LISTEN MODE INTERVAL HEAP_FILE WORKERS [COMPONENT_URL]",
+            );
         };
+        let worker_threads: u16 = workers
+            .parse()
+            .unwrap_or_else(|e| fail(&format!("workers: {e}")));
         let heap_file = PathBuf::from(heap_file);
         std::thread::spawn(move || {
             loop {
@@ -996,6 +1015,7 @@ mod sidecar {
             },
             interval,
             collection_timeout: Duration::from_secs(30),
+            worker_threads,
             ..CommonArgs::default()
         };
         if let Some(url) = rest.first() {
@@ -1006,10 +1026,8 @@ mod sidecar {
             settings(Path::new(pods_dir)),
         );
         let collector = Arc::new(VmiCollector::new(Arc::new(source), interval));
-        // As virt-handler-metrics' #[tokio::main]: one worker per core.
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
+        // As virt-handler-metrics' main.
+        runtime::tokio_runtime(worker_threads)
             .unwrap_or_else(|e| fail(&e.to_string()))
             .block_on(async {
                 if let Err(e) = runtime::run("virt-handler-metrics", &common, collector).await {

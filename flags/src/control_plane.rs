@@ -266,18 +266,28 @@ mod tests {
             "20s",
             "--http-max-header-bytes",
             "8192",
+            "--worker-threads",
+            "4",
         ]);
         assert_eq!(
             args.common.component_recheck_interval,
             std::time::Duration::from_secs(7200)
         );
         assert_eq!(args.common.max_connections, 128);
+        assert_eq!(args.common.worker_threads, 4);
         let mut argv = vec!["virt-api-metrics".to_owned()];
         argv.extend(args.to_args());
         assert_eq!(ApiArgs::try_parse_from(argv).expect("parse"), args);
         let defaults: ApiArgs = parse(&["virt-api-metrics"]);
         assert!(defaults.to_args().is_empty(), "{:?}", defaults.to_args());
         assert_eq!(defaults.common, CommonArgs::default());
+    }
+
+    #[test]
+    fn zero_worker_threads_is_refused() {
+        let err = ApiArgs::try_parse_from(["virt-api-metrics", "--worker-threads", "0"])
+            .expect_err("no worker, no sidecar");
+        assert!(err.to_string().contains("--worker-threads"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const HTTP_IDLE_TIMEOUT: &str = "60s";
 pub const HTTP_HEADER_TIMEOUT: &str = "10s";
 pub const HTTP_WRITE_TIMEOUT: &str = "10s";
 pub const HTTP_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// One: a pass's work is mostly waiting on launchers, and on one worker it costs the node
+/// less CPU than on two (see `bench/launcher-scale.sh`).
+pub const WORKER_THREADS: u16 = 1;
 
 pub const LIBVIRT_URI: &str = "qemu:///system";
 pub const PODS_DIR: &str = "/pods";

@@ -154,6 +154,13 @@ pub struct CommonArgs {
     #[arg(long, env = "COLLECTOR_HTTP_MAX_HEADER_BYTES", default_value_t = defaults::HTTP_MAX_HEADER_BYTES)]
     pub http_max_header_bytes: usize,
 
+    /// Threads that run the sidecar's tasks (collection, serving, pushing). Blocking work
+    /// (encoding a page, libvirt calls) runs on its own threads besides. Without this bound a
+    /// sidecar on a node without a CPU limit would start one per core of the node, and
+    /// spreading a pass's calls over more threads costs more CPU in wake-ups than it saves.
+    #[arg(long, env = "COLLECTOR_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..), default_value_t = defaults::WORKER_THREADS)]
+    pub worker_threads: u16,
+
     /// Push sinks and aggregation.
     #[command(flatten)]
     pub export: ExportArgs,
@@ -179,6 +186,7 @@ impl Default for CommonArgs {
             http_header_timeout: defaults::duration(defaults::HTTP_HEADER_TIMEOUT),
             http_write_timeout: defaults::duration(defaults::HTTP_WRITE_TIMEOUT),
             http_max_header_bytes: defaults::HTTP_MAX_HEADER_BYTES,
+            worker_threads: defaults::WORKER_THREADS,
             export: ExportArgs::default(),
         }
     }
@@ -287,6 +295,13 @@ impl CommonArgs {
                 &mut args,
                 "--http-max-header-bytes",
                 self.http_max_header_bytes.to_string(),
+            );
+        }
+        if self.worker_threads != defaults.worker_threads {
+            push(
+                &mut args,
+                "--worker-threads",
+                self.worker_threads.to_string(),
             );
         }
         self.export.push_args(&mut args);

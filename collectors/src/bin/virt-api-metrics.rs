@@ -12,10 +12,13 @@ use kubevirt_metrics_flags::{ApiArgs, ApiBackport};
 
 const NAME: &str = "virt-api-metrics";
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = ApiArgs::parse();
     kubevirt_metrics_flags::telemetry::init(args.common.log_format, "info");
+    runtime::block_on(NAME, args.common.worker_threads, serve(args));
+}
+
+async fn serve(args: ApiArgs) {
     let component = match ComponentClient::new(&ComponentEndpoint::from_args(&args.common)) {
         Ok(component) => component,
         Err(error) => {

@@ -12,10 +12,13 @@ use kubevirt_metrics_flags::ControllerArgs;
 
 const NAME: &str = "virt-controller-metrics";
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = ControllerArgs::parse();
     kubevirt_metrics_flags::telemetry::init(args.common.log_format, "info");
+    runtime::block_on(NAME, args.common.worker_threads, serve(args));
+}
+
+async fn serve(args: ControllerArgs) {
     // KUBECONFIG, else the in-cluster service account.
     let client = match kube::Client::try_default().await {
         Ok(client) => client,

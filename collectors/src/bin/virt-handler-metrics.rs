@@ -15,10 +15,13 @@ use kubevirt_metrics_flags::{HandlerArgs, Source};
 
 const NAME: &str = "virt-handler-metrics";
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = HandlerArgs::parse();
     kubevirt_metrics_flags::telemetry::init(args.common.log_format, "info");
+    runtime::block_on(NAME, args.common.worker_threads, serve(args));
+}
+
+async fn serve(args: HandlerArgs) {
     let source: Arc<dyn StatsSource> = match args.source {
         Source::Libvirt => Arc::new(LibvirtSource::from_args(&args)),
         Source::Launcher => match LauncherSource::start(&args).await {

@@ -13,10 +13,13 @@ use kubevirt_metrics_flags::{OperatorArgs, OperatorBackport};
 
 const NAME: &str = "virt-operator-metrics";
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = OperatorArgs::parse();
     kubevirt_metrics_flags::telemetry::init(args.common.log_format, "info");
+    runtime::block_on(NAME, args.common.worker_threads, serve(args));
+}
+
+async fn serve(args: OperatorArgs) {
     let component = match ComponentClient::new(&ComponentEndpoint::from_args(&args.common)) {
         Ok(component) => component,
         Err(error) => {

@@ -1,17 +1,19 @@
 //! The collection loop: collect every interval, keep the last result, serve it.
 //!
-//! Every collector binary is a thin `main` around [`run`]:
+//! Every collector binary is a thin `main` around [`block_on`] and [`run`]:
 //!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use kubevirt_metrics_collectors::core::{collect::Collector, runtime};
 //! # use kubevirt_metrics_flags::CommonArgs;
-//! # async fn example(common: CommonArgs, collector: Arc<dyn Collector>) {
+//! # fn example(common: CommonArgs, collector: Arc<dyn Collector>) {
 //! kubevirt_metrics_flags::telemetry::init(common.log_format, "info");
-//! if let Err(error) = runtime::run("virt-api-metrics", &common, collector).await {
-//!     tracing::error!(%error, "virt-api-metrics failed");
-//!     std::process::exit(1);
-//! }
+//! runtime::block_on("virt-api-metrics", common.worker_threads, async {
+//!     if let Err(error) = runtime::run("virt-api-metrics", &common, collector).await {
+//!         tracing::error!(%error, "virt-api-metrics failed");
+//!         std::process::exit(1);
+//!     }
+//! });
 //! # }
 //! ```
 //!
@@ -86,6 +88,27 @@ pub enum RuntimeError {
     Signal(#[source] std::io::Error),
     #[error("the {task} task failed: {reason}")]
     Task { task: &'static str, reason: String },
+}
+
+/// The tokio runtime a sidecar runs on: `worker_threads` workers (`--worker-threads`), not
+/// one per core of the node as `#[tokio::main]` would start.
+pub fn tokio_runtime(worker_threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(worker_threads.max(1)))
+        .enable_all()
+        .build()
+}
+
+/// A sidecar binary's `main`: runs `main` on [`tokio_runtime`]; a runtime that cannot be
+/// built (no threads left) ends the process with an error.
+pub fn block_on(name: &str, worker_threads: u16, main: impl std::future::Future<Output = ()>) {
+    match tokio_runtime(worker_threads) {
+        Ok(runtime) => runtime.block_on(main),
+        Err(error) => {
+            tracing::error!(%error, "{name}: cannot start the tokio runtime");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Runs a sidecar until SIGTERM or SIGINT, then shuts down gracefully.
@@ -179,6 +202,7 @@ pub async fn start(
         mode = common.mode.as_str(),
         interval = ?common.interval,
         collection_timeout = ?common.collection_timeout,
+        worker_threads = common.worker_threads,
         component = %common.component_metrics_url,
         component_recheck_interval = ?common.component_recheck_interval,
         sinks = ?pipeline.sink_names(),
@@ -547,6 +571,18 @@ impl ProblemLog {
 mod tests {
     use super::*;
     use crate::core::metric::MetricType;
+
+    #[test]
+    fn the_runtime_has_the_workers_asked_for_and_at_least_one() {
+        for (asked, workers) in [(1, 1), (3, 3), (0, 1)] {
+            let runtime = tokio_runtime(asked).unwrap();
+            assert_eq!(
+                runtime.metrics().num_workers(),
+                workers,
+                "--worker-threads {asked}"
+            );
+        }
+    }
 
     fn families(names: &[&'static str]) -> Vec<Family> {
         names

@@ -168,9 +168,10 @@ impl LauncherSource {
         let mut done = vec![false; targets.len()];
         report.vmis.reserve(targets.len());
         let vmi_timeout = self.shared.settings.vmi_timeout;
-        // Each VMI is its own task, so that decoding one launcher's answer runs on any
-        // worker while the others' calls are in flight; dropping the stream (the pass
-        // deadline) aborts the tasks still running.
+        // Each VMI is its own task: a panic while decoding one launcher's answer is that
+        // VMI's problem, and with more than one worker (`--worker-threads`) the decoding
+        // runs on any of them while the others' calls are in flight. Dropping the stream
+        // (the pass deadline) aborts the tasks still running.
         let mut outcomes = futures::stream::iter(jobs.into_iter().enumerate())
             .map(|(i, (vmi, socket))| {
                 let shared = Arc::clone(&self.shared);
