@@ -211,7 +211,7 @@ fn sample() -> impl Strategy<Value = Sample> {
             let labels = labels
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
-                .collect();
+                .collect::<Vec<_>>();
             let sample = Sample::new(labels, value);
             match timestamp {
                 Some(ts) => sample.with_timestamp(ts),

@@ -59,7 +59,7 @@ impl ChangingCollector {
             MetricType::Counter,
         );
         for (vm, base) in [("fedora-1", 1000.0), ("win2k22", 5.0e9)] {
-            let mut l = vmi(vm);
+            let mut l = vmi(vm).to_vec();
             l.insert(0, ("interface".into(), "default".into()));
             received.samples.push(Sample::new(l, base + pass * 1500.0));
         }
@@ -117,7 +117,7 @@ impl ChangingCollector {
         let mut cumulative = 0.0;
         for (le, step) in [("0.5", 0.0), ("1", 1.0), ("1e+06", pass), ("+Inf", 0.0)] {
             cumulative += step;
-            let mut l = labels(&[("phase", "Running")]);
+            let mut l = labels(&[("phase", "Running")]).to_vec();
             l.push(("le".into(), le.into()));
             let mut sample = Sample::new(l, cumulative);
             sample.suffix = "_bucket";

@@ -1,7 +1,7 @@
 //! Label rules KubeVirt applies to every family: the `kubernetes_vmi_label_*` names derived
 //! from a VMI's labels, which label names are valid, and the client_golang label order.
 
-use crate::core::metric::{LabelName, Labels};
+use crate::core::metric::{LabelName, LabelValue, Labels};
 
 /// Prefix of the label KubeVirt derives from each VMI label (`domainstats.go`, `labelPrefix`).
 pub const VMI_LABEL_PREFIX: &str = "kubernetes_vmi_label_";
@@ -28,10 +28,10 @@ pub fn is_valid_label_name(name: &str) -> bool {
 /// Finishes a label set the way KubeVirt's collectors do: labels with empty values are left
 /// out (operatormetrics drops empty const labels), and the rest are sorted by name, which is
 /// the order client_golang writes them in.
-pub fn finish_labels(mut labels: Labels) -> Labels {
+pub fn finish_labels(mut labels: Vec<(LabelName, LabelValue)>) -> Labels {
     labels.retain(|(_, value)| !value.is_empty());
     labels.sort_by(|a, b| a.0.cmp(&b.0));
-    labels
+    labels.into()
 }
 
 /// A static label name.

@@ -16,7 +16,7 @@ use prometheus::{
 };
 
 use crate::core::format::text::format_float;
-use crate::core::metric::{Family, LabelName, Labels, MetricType, Sample};
+use crate::core::metric::{Family, LabelName, LabelValue, Labels, MetricType, Sample};
 
 /// Every self-metric's name starts with this.
 pub const PREFIX: &str = "kubevirt_metrics_sidecar_";
@@ -372,7 +372,7 @@ fn to_family(gathered: &proto::MetricFamily) -> Family {
     };
     let mut family = Family::new(gathered.name().to_owned(), gathered.help().to_owned(), kind);
     for metric in gathered.get_metric() {
-        let mut labels: Labels = metric
+        let mut labels: Vec<(LabelName, LabelValue)> = metric
             .get_label()
             .iter()
             .map(|pair| (pair.name().into(), pair.value().into()))
@@ -390,8 +390,10 @@ fn to_family(gathered: &proto::MetricFamily) -> Family {
                     .samples
                     .push(Sample::new(labels, metric.get_gauge().get_value()));
             }
-            MetricType::Histogram => push_histogram(&mut family, labels, metric.get_histogram()),
-            MetricType::Summary => push_summary(&mut family, labels, metric.get_summary()),
+            MetricType::Histogram => {
+                push_histogram(&mut family, labels.into(), metric.get_histogram())
+            }
+            MetricType::Summary => push_summary(&mut family, labels.into(), metric.get_summary()),
         }
     }
     family
@@ -441,9 +443,9 @@ fn push_summary(family: &mut Family, labels: Labels, summary: &proto::Summary) {
 }
 
 fn with_label(labels: &Labels, name: &'static str, value: String) -> Labels {
-    let mut labels = labels.clone();
+    let mut labels = labels.to_vec();
     labels.push((LabelName::new_static(name), value.into()));
-    labels
+    labels.into()
 }
 
 fn suffixed(suffix: &'static str, labels: Labels, value: f64) -> Sample {

@@ -112,7 +112,7 @@ pub fn kubevirt_families() -> Vec<Family> {
         "Total network traffic received in bytes.",
         MetricType::Counter,
     );
-    let mut with_interface = vmi("fedora-1");
+    let mut with_interface = vmi("fedora-1").to_vec();
     with_interface.insert(0, ("interface".into(), "default".into()));
     received
         .samples
@@ -172,7 +172,7 @@ pub fn kubevirt_families() -> Vec<Family> {
     let mut cumulative = 0.0;
     for (le, step) in [("0.5", 0.0), ("1", 1.0), ("1e+06", 2.0), ("+Inf", 0.0)] {
         cumulative += step;
-        let mut l = labels(&phase);
+        let mut l = labels(&phase).to_vec();
         l.push(("le".into(), le.into()));
         let mut sample = Sample::new(l, cumulative);
         sample.suffix = "_bucket";

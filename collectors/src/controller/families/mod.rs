@@ -54,12 +54,12 @@ pub fn leading_status(leading: bool) -> Family {
 
 /// Labels from static names, sorted by name (client_golang's order). Empty values stay.
 pub(crate) fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
-    let mut labels: Labels = pairs
+    let mut labels: Vec<_> = pairs
         .into_iter()
         .map(|(name, value)| (LabelName::new_static(name), value.into()))
         .collect();
     labels.sort_by(|a, b| a.0.cmp(&b.0));
-    labels
+    labels.into()
 }
 
 /// Appends a sample unless a series with the same labels is already in `samples_of_object`

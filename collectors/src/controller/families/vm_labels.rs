@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use super::owned;
 use crate::controller::store::ClusterState;
-use crate::core::metric::{LabelName, Labels, Sample};
+use crate::core::metric::{LabelName, Sample};
 use crate::k8s::objects::VirtualMachine;
 
 pub struct LabelsConfig {
@@ -113,7 +113,7 @@ pub fn sample(vm: &VirtualMachine, config: &LabelsConfig) -> Option<Sample> {
     if constant.is_empty() {
         return None;
     }
-    let mut labels: Labels = constant
+    let mut labels: Vec<_> = constant
         .into_iter()
         .filter(|(_, value)| !value.is_empty())
         .map(|(name, value)| (owned(name), value.into()))

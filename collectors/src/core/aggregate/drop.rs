@@ -23,9 +23,15 @@ fn drop_from_family(mut family: Family, dropped: &[String]) -> Family {
     let is_dropped = |name: &str| dropped.iter().any(|d| d == name);
     let mut changed = false;
     for sample in &mut family.samples {
-        let before = sample.labels.len();
-        sample.labels.retain(|(name, _)| !is_dropped(name));
-        changed |= sample.labels.len() != before;
+        if sample.labels.iter().any(|(name, _)| is_dropped(name)) {
+            sample.labels = sample
+                .labels
+                .iter()
+                .filter(|(name, _)| !is_dropped(name))
+                .cloned()
+                .collect();
+            changed = true;
+        }
     }
     if !changed {
         return family;
@@ -79,7 +85,7 @@ mod tests {
             pairs
                 .iter()
                 .map(|(n, v)| ((*n).into(), (*v).into()))
-                .collect(),
+                .collect::<Labels>(),
             v,
         )
     }

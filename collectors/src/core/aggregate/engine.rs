@@ -261,7 +261,7 @@ fn group_key<'a>(grouping: &Grouping, sample: &'a Sample, key: &mut Vec<&'a str>
 
 /// The output series' labels, sorted by name as Prometheus keeps them.
 fn output_labels(grouping: &Grouping, sample: &Sample) -> Labels {
-    let mut labels: Labels = match grouping {
+    let mut labels: Vec<_> = match grouping {
         Grouping::By(wanted) => wanted
             .iter()
             .filter_map(|w| {
@@ -276,7 +276,7 @@ fn output_labels(grouping: &Grouping, sample: &Sample) -> Labels {
             .collect(),
     };
     labels.sort_by(|a, b| a.0.cmp(&b.0));
-    labels
+    labels.into()
 }
 
 /// The level of a `without` rule's default name: the labels its output keeps, sorted,

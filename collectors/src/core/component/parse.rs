@@ -185,7 +185,7 @@ impl Parser {
             rest = after.trim_start_matches([' ', '\t']);
             labels
         } else {
-            Vec::new()
+            Labels::new()
         };
         let (value, rest) = split_token(rest);
         if value.is_empty() {
@@ -267,11 +267,11 @@ fn check_special_label(family: &Family, suffix: &str, labels: &Labels) -> LineRe
 
 /// Reads `name="value",...}` (after the `{`); returns the labels and the text after `}`.
 fn parse_labels(mut rest: &str) -> Result<(Labels, &str), String> {
-    let mut labels: Labels = Vec::new();
+    let mut labels = Vec::new();
     loop {
         rest = rest.trim_start_matches([' ', '\t']);
         if let Some(after) = rest.strip_prefix('}') {
-            return Ok((labels, after));
+            return Ok((labels.into(), after));
         }
         let name_end = rest
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))

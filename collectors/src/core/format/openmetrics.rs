@@ -148,10 +148,10 @@ fn estimate_len(families: &[Family]) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::core::metric::{Labels, MetricType, Sample};
+    use crate::core::metric::{MetricType, Sample};
 
     fn bucket(labels: &[(&'static str, &str)], le: &str, v: f64) -> Sample {
-        let mut l: Labels = labels
+        let mut l: Vec<_> = labels
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();

@@ -565,7 +565,7 @@ impl VmiLabels {
                 dynamic.insert(name, value);
             }
         }
-        let mut base: Labels = Vec::with_capacity(3 + dynamic.len());
+        let mut base = Vec::with_capacity(3 + dynamic.len());
         base.push((label("node"), vmi.node.as_str().into()));
         base.push((label("namespace"), vmi.namespace.as_str().into()));
         base.push((label("name"), vmi.name.as_str().into()));
@@ -586,13 +586,13 @@ impl VmiLabels {
     /// The identity labels and `extra`, finished as [`finish_labels`] would: each extra label
     /// with a value goes into its place by name in the already finished base.
     fn with(&self, extra: &[(&'static str, &str)]) -> Labels {
-        let mut labels = Labels::with_capacity(self.base.len() + extra.len());
+        let mut labels = Vec::with_capacity(self.base.len() + extra.len());
         labels.extend_from_slice(&self.base);
         for (name, value) in extra.iter().filter(|(_, value)| !value.is_empty()) {
             let at = labels.partition_point(|(existing, _)| existing.as_str() <= *name);
             labels.insert(at, (label(name), LabelValue::from(*value)));
         }
-        labels
+        labels.into()
     }
 }
 
@@ -691,12 +691,19 @@ fn render_vcpus(out: &mut Builder, labels: &VmiLabels, domain: &DomainStats) {
             let series = labels.with(&[("id", &id), ("state", state)]);
             out.push(&VCPU_SECONDS, series, ns_to_seconds(time), None);
         }
+        if vcpu.wait.is_none() && vcpu.delay.is_none() {
+            continue;
+        }
+        let series = labels.with(&[("id", &id)]);
         if let Some(wait) = vcpu.wait {
-            let series = labels.with(&[("id", &id)]);
-            out.push(&VCPU_WAIT_SECONDS, series, ns_to_seconds(wait), None);
+            out.push(
+                &VCPU_WAIT_SECONDS,
+                series.clone(),
+                ns_to_seconds(wait),
+                None,
+            );
         }
         if let Some(delay) = vcpu.delay {
-            let series = labels.with(&[("id", &id)]);
             out.push(&VCPU_DELAY_SECONDS, series, ns_to_seconds(delay), None);
         }
     }
