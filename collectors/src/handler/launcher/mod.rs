@@ -157,12 +157,13 @@ impl LauncherSource {
         self.pool.retain(&live_sockets);
 
         let cutoff = vmi_cutoff(deadline);
-        let mut done = vec![false; jobs.len()];
-        report.vmis.reserve(jobs.len());
+        let mut fetched: Vec<Option<std::thread::Result<Fetched>>> =
+            std::iter::repeat_with(|| None).take(jobs.len()).collect();
         // The VMIs are asked from this task, `max_concurrency` at once (their connections
-        // run on tasks of their own). A panic while decoding one launcher's answer is caught
-        // and becomes that VMI's problem. A task per VMI measured about 5 µs per VMI more in
-        // spawning and waking, for no gain on one worker (`--worker-threads`).
+        // run on tasks of their own); a task per VMI measured about 5 µs per VMI more in
+        // spawning and waking, for no gain on one worker (`--worker-threads`). The replies
+        // are decoded after the last call, all in one go: decoding between calls ran at a
+        // third of the speed, its code evicted by the calls'.
         let mut pending = jobs.iter().enumerate();
         let mut running = FuturesUnordered::new();
         let concurrency = self.settings.max_concurrency.max(1);
@@ -174,45 +175,50 @@ impl LauncherSource {
         loop {
             tokio::select! {
                 next = running.next() => match next {
-                    Some((i, outcome)) => {
+                    Some((i, replies)) => {
                         if let Some((next, job)) = pending.next() {
                             running.push(self.ask(next, job, cutoff));
                         }
-                        done[i] = true;
-                        let outcome = outcome.unwrap_or_else(|panic| {
-                            let message = format!("panicked: {}", panic_message(&*panic));
-                            Outcome::problem(problem(&jobs[i].0, "internal", message))
-                        });
-                        report.problems.extend(outcome.problems);
-                        report.vmis.extend(outcome.stats);
+                        fetched[i] = Some(replies);
                     }
                     None => break,
                 },
-                () = &mut hard_stop => {
-                    for ((vmi, _), _) in jobs.iter().zip(&done).filter(|(_, done)| !**done) {
-                        report.problems.push(problem(vmi, "timeout", "the pass deadline came first"));
-                    }
-                    break;
-                }
+                () = &mut hard_stop => break,
             }
         }
         drop(running);
+        report.vmis.reserve(jobs.len());
+        for ((vmi, socket), fetched) in jobs.iter().zip(fetched) {
+            let outcome = match fetched {
+                None => Outcome::problem(problem(vmi, "timeout", "the pass deadline came first")),
+                Some(Ok(Fetched::Failed(failure))) => Outcome::problem(failure),
+                Some(Ok(Fetched::Replies(replies))) => {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        self.assemble(vmi, socket, replies)
+                    }))
+                    .unwrap_or_else(|panic| internal(vmi, &*panic))
+                }
+                Some(Err(panic)) => internal(vmi, &*panic),
+            };
+            report.problems.extend(outcome.problems);
+            report.vmis.extend(outcome.stats);
+        }
         report
             .vmis
             .sort_by(|a, b| (&a.vmi.namespace, &a.vmi.name).cmp(&(&b.vmi.namespace, &b.vmi.name)));
         report
     }
 
-    /// Job `i`'s outcome, or the panic that stopped it, by the VMI's own deadline (its
+    /// Job `i`'s replies, or the panic that stopped it, by the VMI's own deadline (its
     /// `--vmi-timeout` from now, or the pass `cutoff` if sooner).
     fn ask<'a>(
         &'a self,
         i: usize,
         (vmi, socket): &'a (Arc<VirtualMachineInstance>, PathBuf),
         cutoff: Instant,
-    ) -> impl Future<Output = (usize, std::thread::Result<Outcome>)> + 'a {
+    ) -> impl Future<Output = (usize, std::thread::Result<Fetched>)> + 'a {
         let vmi_deadline = cutoff.min(Instant::now() + self.settings.vmi_timeout);
-        AssertUnwindSafe(self.scrape(vmi, socket, vmi_deadline))
+        AssertUnwindSafe(self.fetch(vmi, socket, vmi_deadline))
             .catch_unwind()
             .map(move |outcome| (i, outcome))
     }
@@ -233,19 +239,19 @@ impl LauncherSource {
 }
 
 impl LauncherSource {
-    /// Everything one VMI's launcher has to say, by `deadline`.
-    async fn scrape(
+    /// Everything one VMI's launcher has to say, by `deadline`, as it said it.
+    async fn fetch(
         &self,
         vmi: &VirtualMachineInstance,
         socket: &Path,
         deadline: Instant,
-    ) -> Outcome {
+    ) -> Fetched {
         if deadline <= Instant::now() {
-            return Outcome::problem(problem(vmi, "timeout", "no time left in the pass to ask"));
+            return Fetched::Failed(problem(vmi, "timeout", "no time left in the pass to ask"));
         }
         let client = match self.pool.get(socket, self.settings.rpc, deadline).await {
             Ok(client) => client,
-            Err(err) => return Outcome::problem(problem(vmi, err.kind(), &err)),
+            Err(err) => return Fetched::Failed(problem(vmi, err.kind(), &err)),
         };
         let dirty_rate_wanted = vmi.dirty_rate_eligible();
         let (stats, filesystems, dirty_rate) = tokio::join!(
@@ -259,8 +265,23 @@ impl LauncherSource {
                 }
             },
         );
-        let collected_at = SystemTime::now();
+        Fetched::Replies(Replies {
+            stats,
+            filesystems,
+            dirty_rate,
+            collected_at: SystemTime::now(),
+        })
+    }
 
+    /// One VMI's replies decoded into its statistics and problems. A transport failure or
+    /// a hang drops the VMI's kept connection.
+    fn assemble(&self, vmi: &VirtualMachineInstance, socket: &Path, replies: Replies) -> Outcome {
+        let Replies {
+            stats,
+            filesystems,
+            dirty_rate,
+            collected_at,
+        } = replies;
         let mut outcome = Outcome::default();
         let mut broken = false;
         let mut failed = |outcome: &mut Outcome, err: ClientError| {
@@ -345,6 +366,21 @@ impl StatsSource for LauncherSource {
     }
 }
 
+/// What one VMI's launcher answered, not yet decoded.
+enum Fetched {
+    /// It could not be asked (no time left, no connection): nothing to decode.
+    Failed(Problem),
+    Replies(Replies),
+}
+
+struct Replies {
+    stats: Result<Option<String>, ClientError>,
+    filesystems: Result<String, ClientError>,
+    /// `None` when the VMI does not qualify for the call.
+    dirty_rate: Option<Result<i64, ClientError>>,
+    collected_at: SystemTime,
+}
+
 #[derive(Debug, Default)]
 struct Outcome {
     stats: Option<VmiStats>,
@@ -369,6 +405,12 @@ impl Outcome {
             tracing::debug!(vmi = %vmi.key(), phase = %vmi.status.phase, "launcher has no domain");
         }
     }
+}
+
+/// A panic while asking or decoding: that VMI's problem, not the pass's.
+fn internal(vmi: &VirtualMachineInstance, panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let message = format!("panicked: {}", panic_message(panic));
+    Outcome::problem(problem(vmi, "internal", message))
 }
 
 /// What a caught panic said, when it said it with a string.
