@@ -2,7 +2,9 @@
 //! idle connections (three times the connection limit), a reader that pipelines requests
 //! and never reads the answers, a slow-loris request head, an oversized head, garbage bytes,
 //! and a flood of scrapes. Throughout, `/healthz` and `/metrics` answer within a few
-//! seconds; afterwards what was refused is counted and memory has not run away.
+//! seconds; afterwards what was refused is counted and memory has not run away. The sidecar
+//! runs on a runtime of its own with the binaries' default worker count (one), the load on
+//! the test's.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kubevirt_metrics_collectors::core::runtime;
 use kubevirt_metrics_flags::Mode;
 use server_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,10 +62,8 @@ async fn hostile_load() {
     let mut common = args(Mode::Full);
     common.http_header_timeout = HEADER_TIMEOUT;
     common.http_write_timeout = WRITE_TIMEOUT;
-    let running = runtime::start("virt-handler-metrics", &common, collector)
-        .await
-        .unwrap();
-    let addr = running.local_addr();
+    let sidecar = SidecarOnItsRuntime::start(common, collector).await;
+    let addr = sidecar.running.local_addr();
     let base = format!("http://{addr}");
     wait_ready(&http_client(), &base).await;
     let rss_before = rss_kib();
@@ -231,5 +230,5 @@ async fn hostile_load() {
         rss_after < rss_before + 64 * 1024,
         "memory grew from {rss_before} KiB to {rss_after} KiB"
     );
-    running.stop().await.unwrap();
+    sidecar.stop().await;
 }

@@ -3,7 +3,8 @@
 //! handler of a hoarder's request has finished (its response waits in the write buffer), so
 //! the hoarder counts as idle and the one idle the longest is closed to make room; the
 //! write timeout would cut them all off later anyway. Its own test binary: the hostile-load
-//! test measures the process's memory.
+//! test measures the process's memory. The sidecar runs on its own one-worker runtime, as
+//! the binaries run it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +13,6 @@ mod server_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubevirt_metrics_collectors::core::runtime;
 use kubevirt_metrics_flags::Mode;
 use server_support::*;
 
@@ -29,10 +29,8 @@ async fn hoarded_slots() {
     let mut common = args(Mode::Full);
     common.max_connections = SLOTS;
     let collector = Arc::new(ScriptedCollector::new(big_families()));
-    let running = runtime::start("virt-handler-metrics", &common, collector)
-        .await
-        .unwrap();
-    let addr = running.local_addr();
+    let sidecar = SidecarOnItsRuntime::start(common, collector).await;
+    let addr = sidecar.running.local_addr();
     let base = format!("http://{addr}");
     // A fresh connection per request, as the kubelet's probes and a restarted Prometheus.
     let client = reqwest::Client::builder()
@@ -66,5 +64,5 @@ async fn hoarded_slots() {
     })
     .await;
     drop(hoarders);
-    running.stop().await.unwrap();
+    sidecar.stop().await;
 }

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use kubevirt_metrics_collectors::core::collect::{Collection, Collector, Problem};
 use kubevirt_metrics_collectors::core::metric::{Family, MetricType, Sample};
+use kubevirt_metrics_collectors::core::runtime::{self, Running};
 use kubevirt_metrics_flags::{CommonArgs, Mode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -518,4 +519,31 @@ pub async fn never_reading_reader(addr: SocketAddr) -> TcpStream {
         .await
         .unwrap();
     stream
+}
+
+/// A sidecar running on a runtime of its own, built as the binaries build theirs (the
+/// default `--worker-threads`), so that a test's clients do not lend it their threads.
+pub struct SidecarOnItsRuntime {
+    pub running: Running,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl SidecarOnItsRuntime {
+    pub async fn start(common: CommonArgs, collector: Arc<dyn Collector>) -> Self {
+        let runtime = runtime::tokio_runtime(common.worker_threads).unwrap();
+        let running = runtime
+            .spawn(async move {
+                runtime::start("virt-handler-metrics", &common, collector)
+                    .await
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+        Self { running, runtime }
+    }
+
+    pub async fn stop(self) {
+        self.running.stop().await.unwrap();
+        self.runtime.shutdown_background();
+    }
 }
