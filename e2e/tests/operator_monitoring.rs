@@ -263,19 +263,30 @@ async fn operator_monitoring_objects_on_a_real_api_server() -> anyhow::Result<()
             &Patch::Merge(json!({"spec": {"monitoring": {"scrape": "ServiceMonitor"}}})),
         )
         .await?;
-    eventually("ServiceMonitor instead of PodMonitor", WAIT, || async {
-        let sm = get(&client, &ns, "ServiceMonitor", "kubevirt-metrics-sidecars").await;
-        let pm = get(&client, &ns, "PodMonitor", "kubevirt-metrics-sidecars").await;
-        Ok((sm.is_some() && pm.is_none()).then_some(()))
-    })
-    .await?;
-    for service in [
+    // One reconcile applies the kinds in turn (the ServiceMonitor before the Services it
+    // selects), so wait for all of them, not only for the first.
+    let services = [
         "virt-handler-metrics-sidecar",
         "virt-controller-metrics-sidecar",
-    ] {
-        let svc = get(&client, &ns, "Service", service).await.expect(service);
-        owned_by_policy(&svc, &policy);
-    }
+    ];
+    eventually(
+        "ServiceMonitor and Services instead of PodMonitor",
+        WAIT,
+        || async {
+            let sm = get(&client, &ns, "ServiceMonitor", "kubevirt-metrics-sidecars").await;
+            let pm = get(&client, &ns, "PodMonitor", "kubevirt-metrics-sidecars").await;
+            let mut svcs = Vec::new();
+            for service in services {
+                svcs.push(get(&client, &ns, "Service", service).await);
+            }
+            let ready = sm.is_some() && pm.is_none() && svcs.iter().all(Option::is_some);
+            Ok(ready.then_some(svcs))
+        },
+    )
+    .await?
+    .into_iter()
+    .flatten()
+    .for_each(|svc| owned_by_policy(&svc, &policy));
 
     eprintln!("e2e scenario: deleting the policy removes every monitoring object");
     Api::<MetricsSidecarPolicy>::namespaced(client.clone(), &ns)
