@@ -84,7 +84,8 @@ async fn hostile_load() {
                 for path in ["/healthz", "/metrics"] {
                     let started = Instant::now();
                     let response = client.get(format!("{base}{path}")).send().await;
-                    let response = response.unwrap_or_else(|e| panic!("{path}: {e}"));
+                    let response = response
+                        .unwrap_or_else(|e| panic!("{path} after {:?}: {e:?}", started.elapsed()));
                     assert_eq!(response.status(), 200, "{path}");
                     let body = response.text().await.unwrap();
                     assert!(!body.is_empty(), "{path}");

@@ -66,3 +66,43 @@ async fn hoarded_slots() {
     drop(hoarders);
     sidecar.stop().await;
 }
+
+/// A probe that has sent its request is not the idle connection a burst of new ones
+/// evicts, even with the sidecar on one worker accepting them back to back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_sent_its_request_survives_a_burst_of_connections() {
+    tokio::time::timeout(Duration::from_secs(40), probe_in_a_burst())
+        .await
+        .expect("the whole test is bounded");
+}
+
+async fn probe_in_a_burst() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut common = args(Mode::Full);
+    common.max_connections = SLOTS;
+    let collector = Arc::new(ScriptedCollector::new(big_families()));
+    let sidecar = SidecarOnItsRuntime::start(common, collector).await;
+    let addr = sidecar.running.local_addr();
+    wait_ready(&http_client(), &format!("http://{addr}")).await;
+    for round in 0..20 {
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut burst = Vec::new();
+        for _ in 0..SLOTS * 4 {
+            burst.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), probe.read_to_end(&mut answer));
+        read.await.expect("the probe is answered").unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "round {round}: the probe got {answer:?}"
+        );
+        drop(burst);
+    }
+    sidecar.stop().await;
+}

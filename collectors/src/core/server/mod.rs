@@ -287,6 +287,11 @@ impl Server {
             };
             let (app, tls, shutdown) = (app.clone(), self.tls.clone(), shutdown.clone());
             tokio::spawn(connection.handle(stream, tls, app, shutdown));
+            // Let the new connection read the request it may already have sent before the
+            // next accept: until its request head is in it counts as idle, and on one
+            // worker a burst of new connections accepted back to back would otherwise
+            // evict it (a kubelet probe caught in a connection flood) before it was read.
+            tokio::task::yield_now().await;
         }
         drop(self.listener);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, connections.drained()).await;
