@@ -255,9 +255,7 @@ impl LauncherSource {
             |socket| self.pool.contains(socket),
         )
     }
-}
 
-impl LauncherSource {
     /// Everything one VMI's launcher has to say, by `deadline`, as it said it.
     async fn fetch(
         &self,
