@@ -68,7 +68,8 @@ async fn hoarded_slots() {
 }
 
 /// A probe that has sent its request is not the idle connection a burst of new ones
-/// evicts, even with the sidecar on one worker accepting them back to back.
+/// evicts, even with the sidecar on one worker accepting them back to back: a connection
+/// is not closed for room before what its client sent has been read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_that_sent_its_request_survives_a_burst_of_connections() {
     tokio::time::timeout(Duration::from_secs(40), probe_in_a_burst())

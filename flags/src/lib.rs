@@ -133,7 +133,7 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 
     /// At most this many open HTTP connections; past it, the connection idle the longest is
-    /// closed to make room, and a new one is refused only when all are busy.
+    /// closed to make room, and a new one is refused only when all are busy or not yet read.
     #[arg(long, env = "COLLECTOR_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 

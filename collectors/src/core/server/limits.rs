@@ -4,8 +4,9 @@
 //!   (no request in progress: a keep-alive connection between scrapes, a client that never
 //!   sent anything, a slow request head, a response handed to the socket that its reader
 //!   does not read) is closed to make room; only when every connection is busy with a
-//!   request is the new one refused. So idle hoarders cannot lock Prometheus and the
-//!   kubelet's probes out (`tests/server_slots.rs`).
+//!   request, or not read from yet, is the new one refused. So idle hoarders cannot lock
+//!   Prometheus and the kubelet's probes out, and a probe that has sent its request is
+//!   never closed before the server has read it (`tests/server_slots.rs`).
 //! - hyper's header read timeout (`idle_timeout`): a connection must deliver a complete
 //!   request head within this long of opening or of its previous response.
 //! - `header_timeout`, from the first byte of a request head to its end (slow loris).
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -140,6 +141,10 @@ pub struct ConnectionState {
     last_active_ms: AtomicU64,
     /// Set by the IO wrapper when one of its timeouts ended the connection.
     cut: AtomicU8,
+    /// Whether everything the client had sent was once read (a read found nothing more,
+    /// or a request began), or its TLS handshake began. Until then the connection is not
+    /// idle but new: what its client already sent has not been looked at.
+    read_from: AtomicBool,
     /// Cancelled to evict the connection.
     evict: CancellationToken,
     epoch: Instant,
@@ -156,6 +161,7 @@ impl ConnectionState {
             started: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(0),
             cut: AtomicU8::new(CUT_NONE),
+            read_from: AtomicBool::new(false),
             evict: CancellationToken::new(),
             epoch,
         };
@@ -172,11 +178,23 @@ impl ConnectionState {
         self.in_flight.load(Ordering::Acquire) == 0
     }
 
+    /// Idle, and read from at least once: closing it loses nothing its client sent.
+    fn is_evictable(&self) -> bool {
+        self.read_from.load(Ordering::Acquire) && self.is_idle()
+    }
+
+    /// Nothing its client sent is left unread (see `read_from`); called by the IO wrapper,
+    /// and by the server as a TLS handshake begins (the wrapper does not see its reads).
+    pub fn mark_read_from(&self) {
+        self.read_from.store(true, Ordering::Release);
+    }
+
     /// A request head is complete and is being answered; the guard ends it when the
     /// response has been written (or abandoned).
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.mark_read_from();
         InFlight(Arc::clone(self))
     }
 
@@ -246,14 +264,14 @@ impl Connections {
     }
 
     /// A place for a new connection: a free one, or the one of the connection idle the
-    /// longest (which is told to close); `None` when every connection is busy.
+    /// longest (which is told to close); `None` when every connection is busy or new.
     pub fn admit(self: &Arc<Self>) -> Option<Slot> {
         let mut registry = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if registry.by_id.len() >= self.max {
             let oldest_idle = registry
                 .by_id
                 .iter()
-                .filter(|(_, state)| state.is_idle())
+                .filter(|(_, state)| state.is_evictable())
                 .min_by_key(|(_, state)| state.last_active_ms.load(Ordering::Relaxed))
                 .map(|(id, _)| *id);
             let Some(id) = oldest_idle else {
@@ -362,6 +380,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if polled.is_pending() {
+            // Everything its client sent so far has been read and parsed: a complete head
+            // has begun a request already, so closing the connection now loses nothing.
+            this.state.mark_read_from();
+        }
         let got_bytes = buf.filled().len() > before;
         if got_bytes && this.head.is_none() && this.state.is_idle() {
             let timer = Box::pin(tokio::time::sleep(this.header_timeout));
@@ -427,5 +450,48 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
                 ready
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn full(max: usize) -> (Arc<Connections>, Vec<Slot>) {
+        let connections = Connections::new(max, RefusalCounter::default());
+        let slots = (0..max).map(|_| connections.admit().unwrap()).collect();
+        (connections, slots)
+    }
+
+    fn is_evicted(slot: &Slot) -> bool {
+        slot.state.evict.is_cancelled()
+    }
+
+    #[test]
+    fn a_connection_not_read_from_is_never_closed_for_room() {
+        let (connections, slots) = full(2);
+        assert!(connections.admit().is_none(), "both are unread: refuse");
+        assert!(!slots.iter().any(is_evicted));
+    }
+
+    #[test]
+    fn the_idle_connection_that_was_read_from_makes_room() {
+        let (connections, slots) = full(3);
+        slots[1].state.mark_read_from();
+        let _newcomer = connections.admit().unwrap();
+        assert!(is_evicted(&slots[1]));
+        assert!(!is_evicted(&slots[0]) && !is_evicted(&slots[2]));
+    }
+
+    #[test]
+    fn a_connection_answering_a_request_is_not_closed_for_room() {
+        let (connections, slots) = full(1);
+        let in_flight = slots[0].state.begin_request();
+        assert!(connections.admit().is_none(), "busy: refuse");
+        drop(in_flight);
+        // The request began, so it was read from; now it is idle again.
+        assert!(connections.admit().is_some());
+        assert!(is_evicted(&slots[0]));
     }
 }

@@ -287,10 +287,10 @@ impl Server {
             };
             let (app, tls, shutdown) = (app.clone(), self.tls.clone(), shutdown.clone());
             tokio::spawn(connection.handle(stream, tls, app, shutdown));
-            // Let the new connection read the request it may already have sent before the
-            // next accept: until its request head is in it counts as idle, and on one
-            // worker a burst of new connections accepted back to back would otherwise
-            // evict it (a kubelet probe caught in a connection flood) before it was read.
+            // Let the new connection read what it may already have sent before the next
+            // accept. Until it has, it cannot be closed for room (`limits`), so on one
+            // worker a burst of connections accepted back to back would fill the slots
+            // with unread ones and the next ones would be refused, not let in.
             tokio::task::yield_now().await;
         }
         drop(self.listener);
@@ -323,6 +323,10 @@ impl Connection {
             match tls {
                 None => self.serve_http(stream, app, shutdown).await,
                 Some(acceptor) => {
+                    // A handshake in progress may be closed for room like an idle
+                    // connection: its client waits for our answer, and the request
+                    // comes only after it.
+                    state.mark_read_from();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => self.serve_http(stream, app, shutdown).await,
                         Ok(Err(error)) => {
