@@ -11,9 +11,10 @@
 //! their numbers; the pass always ends by its deadline.
 //!
 //! Differences from virt-handler, on purpose: connections are kept across passes (it
-//! dials and negotiates per scrape) and the unresponsive marker is looked for only before
-//! dialling; a failed `GetFilesystems` costs only the filesystem series (it drops the VMI's
-//! whole report); failures are counted instead of only logged.
+//! dials and negotiates per scrape), and the socket and the unresponsive marker are looked
+//! for only when there is no kept connection to speak for the launcher ([`socket`]); no
+//! `grpc-timeout` is sent ([`client`]); a failed `GetFilesystems` costs only the filesystem
+//! series (it drops the VMI's whole report); failures are counted instead of only logged.
 
 pub mod client;
 pub mod discovery;
@@ -242,10 +243,11 @@ impl LauncherSource {
             .map(move |outcome| (i, outcome))
     }
 
-    /// The VMI's socket, as virt-handler finds it; except that virt-handler's unresponsive
-    /// marker is looked for only before dialling: a hung call or a transport failure drops
-    /// the kept connection, after which the marker counts again. This saves one of the two
-    /// lookups in the kubelet's deep directories per VMI per pass.
+    /// The VMI's socket, as virt-handler finds it; except that a kept connection to the
+    /// launcher of the VMI's one pod here stands for the socket and against virt-handler's
+    /// unresponsive marker: a hung call or a transport failure drops the connection, after
+    /// which both are looked for again. This saves the lookups in the kubelet's deep
+    /// directories for every VMI whose launcher answers.
     fn find_socket(&self, vmi: &VirtualMachineInstance) -> Result<PathBuf, SocketError> {
         let settings = &self.settings;
         socket::find_socket(
@@ -352,6 +354,10 @@ impl LauncherSource {
         };
         if broken {
             self.pool.forget(socket);
+            // The socket was not looked for while the connection stood for it.
+            if let Some(err) = socket::gone(socket) {
+                return Outcome::problem(problem(vmi, err.kind(), &err));
+            }
         }
 
         // The dirty rate is its own collector in virt-handler and survives a failed

@@ -62,15 +62,29 @@ pub fn socket_path(pods_dir: &Path, pod_uid: &str) -> PathBuf {
 
 /// Finds the one launcher socket of a VMI on `node` (an empty node matches every pod, as
 /// in virt-handler) among `active_pods` (pod UID, node name), unless virt-handler marked
-/// it unresponsive. The marker is looked at only when `connected(socket)` is false: it says
-/// that virt-handler could not reach the launcher, and a kept connection says otherwise.
+/// it unresponsive.
+///
+/// `connected(socket)` says that a connection to that launcher is kept. When the VMI has
+/// one pod here and we are connected to its launcher, nothing is looked up: the socket
+/// path names the pod by its UID, so the connection is to this very launcher, and when
+/// the launcher goes the connection breaks, the call fails, the connection is dropped and
+/// the next pass looks again. (A lookup walks the kubelet's deep directories, per VMI per
+/// pass.) With a second pod here (a same-node migration) every socket is looked for, as
+/// virt-handler does. The marker is looked at only when not connected: it says that
+/// virt-handler could not reach the launcher, and a kept connection says otherwise.
 pub fn find_socket<'a>(
     pods_dir: &Path,
     node: &str,
     active_pods: impl IntoIterator<Item = (&'a str, &'a str)>,
-    connected: impl FnOnce(&Path) -> bool,
+    connected: impl Fn(&Path) -> bool,
 ) -> Result<PathBuf, SocketError> {
-    let socket = locate_socket(pods_dir, node, active_pods)?;
+    let mut candidates = candidate_sockets(pods_dir, node, active_pods);
+    if let [only] = candidates.as_slice()
+        && connected(only)
+    {
+        return Ok(candidates.swap_remove(0));
+    }
+    let socket = locate_socket(node, candidates)?;
     if connected(&socket) || !is_marked_unresponsive(&socket) {
         Ok(socket)
     } else {
@@ -78,34 +92,38 @@ pub fn find_socket<'a>(
     }
 }
 
-/// [`find_socket`] without the unresponsive marker: where the one socket is.
-fn locate_socket<'a>(
+/// Where the sockets of the VMI's pods on `node` would be.
+fn candidate_sockets<'a>(
     pods_dir: &Path,
     node: &str,
     active_pods: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<PathBuf, SocketError> {
-    let mut tried = Vec::new();
-    let mut found = Vec::new();
-    for (pod_uid, pod_node) in active_pods {
-        if !node.is_empty() && node != pod_node {
-            continue;
-        }
-        // A UID from the API becomes a path component: never let it climb out.
-        if !is_plain_uid(pod_uid) {
-            tracing::debug!(pod_uid, "ignoring an active pod with an unusual UID");
-            continue;
-        }
-        let socket = socket_path(pods_dir, pod_uid);
-        if exists_no_follow(&socket) {
-            found.push(socket);
-        } else {
-            tried.push(socket);
-        }
-    }
-    match found.len() {
-        0 if tried.is_empty() => Err(SocketError::NoPodOnNode {
+) -> Vec<PathBuf> {
+    active_pods
+        .into_iter()
+        .filter(|(_, pod_node)| node.is_empty() || node == *pod_node)
+        .filter(|(pod_uid, _)| {
+            // A UID from the API becomes a path component: never let it climb out.
+            let plain = is_plain_uid(pod_uid);
+            if !plain {
+                tracing::debug!(pod_uid, "ignoring an active pod with an unusual UID");
+            }
+            plain
+        })
+        .map(|(pod_uid, _)| socket_path(pods_dir, pod_uid))
+        .collect()
+}
+
+/// Which of the `candidates` exists: the one socket, or why there is not exactly one.
+fn locate_socket(node: &str, candidates: Vec<PathBuf>) -> Result<PathBuf, SocketError> {
+    if candidates.is_empty() {
+        return Err(SocketError::NoPodOnNode {
             node: node.to_owned(),
-        }),
+        });
+    }
+    let (mut found, tried): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .partition(|socket| exists_no_follow(socket));
+    match found.len() {
         0 => Err(SocketError::NotFound { tried }),
         1 => Ok(found.remove(0)),
         _ => {
@@ -113,6 +131,14 @@ fn locate_socket<'a>(
             Err(SocketError::Multiple { found })
         }
     }
+}
+
+/// Why a socket we were connected to is no use any more, if it is gone: after a kept
+/// connection broke, this tells a launcher pod that went away from a launcher that failed.
+pub fn gone(socket: &Path) -> Option<SocketError> {
+    (!exists_no_follow(socket)).then(|| SocketError::NotFound {
+        tried: vec![socket.to_path_buf()],
+    })
 }
 
 /// Whether virt-handler left the unresponsive marker next to `socket`.
@@ -216,6 +242,37 @@ mod tests {
         let connected = |found: &Path| found == socket;
         let found = find_socket(pods.path(), "node-a", [("aaaa", "node-a")], connected).unwrap();
         assert_eq!(found, socket);
+    }
+
+    #[test]
+    fn a_kept_connection_to_the_only_pod_here_needs_no_lookup() {
+        let pods = tempfile::tempdir().unwrap();
+        // No socket file at all: only the connection speaks for the launcher.
+        let socket = socket_path(pods.path(), "aaaa");
+        let connected = |found: &Path| found == socket;
+        let found = find_socket(
+            pods.path(),
+            "node-a",
+            [("aaaa", "node-a"), ("bbbb", "node-b")],
+            connected,
+        )
+        .unwrap();
+        assert_eq!(found, socket);
+    }
+
+    #[test]
+    fn a_second_pod_here_is_looked_for_even_when_connected() {
+        let pods = tempfile::tempdir().unwrap();
+        let socket = make_socket(pods.path(), "aaaa");
+        let connected = |found: &Path| found == socket;
+        let pods_here = [("aaaa", "node-a"), ("bbbb", "node-a")];
+        // The migration target has no socket yet: the kept one is the one.
+        let found = find_socket(pods.path(), "node-a", pods_here, connected).unwrap();
+        assert_eq!(found, socket);
+        // Both launchers listen: refuse to guess, as virt-handler does.
+        make_socket(pods.path(), "bbbb");
+        let err = find_socket(pods.path(), "node-a", pods_here, connected).unwrap_err();
+        assert!(matches!(err, SocketError::Multiple { .. }), "{err}");
     }
 
     #[test]
