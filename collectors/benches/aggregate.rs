@@ -78,7 +78,9 @@ fn input(n: u64) -> Vec<Family> {
                     name: format!("vm-{i:04}"),
                     node: "node01".to_owned(),
                     labels,
-                },
+                    ..Default::default()
+                }
+                .into(),
                 domain,
                 filesystems: if i % 2 == 0 {
                     filesystems.clone()

@@ -51,7 +51,9 @@ fn input(vmis: usize) -> Vec<Family> {
                 name: format!("vm-{i:05}"),
                 node: "node-a".to_owned(),
                 labels: BTreeMap::from([("app".to_owned(), format!("app-{}", i % 7))]),
-            },
+                ..Default::default()
+            }
+            .into(),
             domain: domain.clone(),
             filesystems: filesystems.clone(),
             dirty_rate_mbs: Some(3),

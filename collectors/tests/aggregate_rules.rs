@@ -262,7 +262,9 @@ fn kubevirt_families() -> Vec<Family> {
                 name: (*name).to_owned(),
                 node: "node01".to_owned(),
                 labels: Default::default(),
-            },
+                ..Default::default()
+            }
+            .into(),
             domain,
             filesystems: Vec::new(),
             dirty_rate_mbs: None,

@@ -85,7 +85,9 @@ impl VmiPayload {
                 name: self.name.clone(),
                 node: self.node.clone(),
                 labels: self.labels.clone(),
-            },
+                ..Default::default()
+            }
+            .into(),
             domain: payload::domain_stats_from_json(&domain_json)
                 .unwrap_or_else(|e| panic!("{}/{}: {e}", self.namespace, self.name)),
             filesystems: payload::filesystems_from_json(&filesystems_json)

@@ -389,6 +389,36 @@ async fn a_launcher_without_a_domain_is_counted_only_for_running_vmis() {
 }
 
 #[tokio::test]
+async fn a_vmi_is_identified_once_per_version_of_its_object() {
+    let pods = pods_dir();
+    let _testvm = testvm_launcher(pods.path());
+    let (source, lister) = source(
+        pods.path(),
+        vec![vmi("default", "testvm", POD_TESTVM, "Running")],
+        Duration::from_secs(5),
+    );
+    let first = pass(&source, Duration::from_secs(10)).await;
+    let again = pass(&source, Duration::from_secs(10)).await;
+    assert!(
+        Arc::ptr_eq(&first.vmis[0].vmi, &again.vmis[0].vmi),
+        "the same VMI object: the same identity"
+    );
+
+    // The watch delivers a new version of the VMI: a new label, a new identity.
+    let mut relabelled = vmi("default", "testvm", POD_TESTVM, "Running");
+    relabelled.metadata.labels = [("app".to_owned(), "renamed".to_owned())]
+        .into_iter()
+        .collect();
+    lister.set(vec![relabelled]);
+    let changed = pass(&source, Duration::from_secs(10)).await;
+    assert!(!Arc::ptr_eq(&first.vmis[0].vmi, &changed.vmis[0].vmi));
+    assert_eq!(
+        changed.vmis[0].vmi.labels.get("app").map(String::as_str),
+        Some("renamed")
+    );
+}
+
+#[tokio::test]
 async fn a_vmi_whose_socket_disappears_is_a_problem_and_its_connection_is_dropped() {
     let pods = pods_dir();
     let testvm = testvm_launcher(pods.path());

@@ -119,7 +119,9 @@ fn vmis() -> Vec<VmiStats> {
                     name: format!("vm-{i:02}"),
                     node: "node01".to_owned(),
                     labels,
-                },
+                    ..Default::default()
+                }
+                .into(),
                 domain,
                 filesystems: if i % 2 == 0 {
                     filesystems.clone()

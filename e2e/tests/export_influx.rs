@@ -45,14 +45,17 @@ fn captured_vmis() -> Vec<VmiStats> {
         "usedBytes": 1_048_576, "totalBytes": 4_194_304,
         "disk": [{"serial": "data", "busType": "virtio"}]
     }));
-    let vmi = |namespace: &str, name: &str, labels: &[(&str, &str)]| VmiIdentity {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        node: "ci node,1".to_owned(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+    let vmi = |namespace: &str, name: &str, labels: &[(&str, &str)]| {
+        Arc::new(VmiIdentity {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            node: "ci node,1".to_owned(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        })
     };
     vec![
         VmiStats {

@@ -122,7 +122,9 @@ mod tests {
                 name: name.into(),
                 node: "node-a".into(),
                 labels: Default::default(),
-            },
+                ..Default::default()
+            }
+            .into(),
             domain: DomainStats {
                 cpu: Some(CpuStats {
                     time: Some(1_000_000_000),

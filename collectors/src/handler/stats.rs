@@ -7,7 +7,10 @@
 //! nanoseconds); conversion to KubeVirt's units happens once, in `families`.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
+
+use crate::core::metric::Labels;
 
 /// Which VMI a set of statistics belongs to, and the labels KubeVirt derives from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,12 +21,45 @@ pub struct VmiIdentity {
     pub node: String,
     /// The VMI's own labels; each becomes one `kubernetes_vmi_label_*` label.
     pub labels: BTreeMap<String, String>,
+    /// The labels `families` derives from the fields above, once per identity.
+    pub series_labels: LabelsOnce,
 }
+
+/// Labels derived from an identity, built the first time they are asked for. The launcher
+/// source shares one identity per VMI object across passes, so each VMI is labelled once
+/// per version of it, not once per pass.
+///
+/// A cache, not part of the identity: identities compare equal whether it is filled or
+/// not, and a clone starts empty, so an identity cloned to be edited (`Arc::make_mut`)
+/// cannot carry labels of the one it came from. An identity is not edited once labelled.
+#[derive(Debug, Default)]
+pub struct LabelsOnce(OnceLock<Labels>);
+
+impl LabelsOnce {
+    pub fn get_or_init(&self, build: impl FnOnce() -> Labels) -> &Labels {
+        self.0.get_or_init(build)
+    }
+}
+
+impl Clone for LabelsOnce {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for LabelsOnce {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LabelsOnce {}
 
 /// Everything collected for one VMI in one pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmiStats {
-    pub vmi: VmiIdentity,
+    /// Shared: a source may hand the same identity to every pass.
+    pub vmi: Arc<VmiIdentity>,
     pub domain: DomainStats,
     /// From the guest agent (`GetFilesystems`); empty when the agent reports none.
     pub filesystems: Vec<Filesystem>,

@@ -148,7 +148,9 @@ mod tests {
                 name: name.into(),
                 node: "node-a".into(),
                 labels: Default::default(),
-            },
+                ..Default::default()
+            }
+            .into(),
             domain: DomainStats {
                 migrate_job: job,
                 ..DomainStats::default()

@@ -557,6 +557,12 @@ struct VmiLabels {
 
 impl VmiLabels {
     fn new(vmi: &VmiIdentity) -> Self {
+        Self {
+            base: vmi.series_labels.get_or_init(|| Self::build(vmi)).clone(),
+        }
+    }
+
+    fn build(vmi: &VmiIdentity) -> Labels {
         // Keyed by sanitised name: when two keys collide the later (greater) key wins.
         let mut dynamic: BTreeMap<String, &str> = BTreeMap::new();
         for (key, value) in &vmi.labels {
@@ -574,9 +580,7 @@ impl VmiLabels {
                 .into_iter()
                 .map(|(name, value)| (LabelName::from(name), LabelValue::from(value))),
         );
-        Self {
-            base: finish_labels(base),
-        }
+        finish_labels(base)
     }
 
     fn plain(&self) -> Labels {

@@ -13,12 +13,13 @@ fn identity(labels: &[(&str, &str)]) -> VmiIdentity {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>(),
+        ..Default::default()
     }
 }
 
 fn vmi_stats(domain: DomainStats) -> VmiStats {
     VmiStats {
-        vmi: identity(&[]),
+        vmi: identity(&[]).into(),
         domain,
         filesystems: vec![],
         dirty_rate_mbs: None,
@@ -197,13 +198,16 @@ fn vmi_labels_are_sanitised_sorted_and_empty_values_dropped() {
         }),
         ..DomainStats::default()
     });
-    stats.vmi = identity(&[
-        ("kubevirt.io/nodeName", "node-a"),
-        ("app.kubernetes.io/part-of", "shop"),
-        ("empty", ""),
-        ("Zone", "z1"),
-    ]);
-    stats.vmi.node = String::new();
+    stats.vmi = VmiIdentity {
+        node: String::new(),
+        ..identity(&[
+            ("kubevirt.io/nodeName", "node-a"),
+            ("app.kubernetes.io/part-of", "shop"),
+            ("empty", ""),
+            ("Zone", "z1"),
+        ])
+    }
+    .into();
     let families = render(&[stats], &[]);
     let sample = &family(&families, "kubevirt_vmi_cpu_usage_seconds_total").samples[0];
     assert_eq!(
@@ -224,7 +228,7 @@ fn colliding_label_keys_keep_the_last_key_and_invalid_names_are_skipped() {
         cpu_map: Some(vec![vec![true, false, true], vec![], vec![true]]),
         ..DomainStats::default()
     });
-    stats.vmi = identity(&[("a-b", "dash"), ("a.b", "dot"), ("bad:key", "x")]);
+    stats.vmi = identity(&[("a-b", "dash"), ("a.b", "dot"), ("bad:key", "x")]).into();
     let families = render(&[stats], &[]);
     let sample = &family(&families, "kubevirt_vmi_node_cpu_affinity").samples[0];
     assert_eq!(sample.value, 3.0);
@@ -403,7 +407,7 @@ fn the_first_of_colliding_series_wins_and_ties_do_not_depend_on_input_order() {
     // series tie in client_golang's order (it compares values only) and come out ordered by
     // label names, whichever was reported first.
     let with_label = |key: &str, rx: u64| VmiStats {
-        vmi: identity(&[(key, "x")]),
+        vmi: identity(&[(key, "x")]).into(),
         ..vmi_stats(DomainStats {
             nets: vec![NetStats {
                 name: Some("tap".into()),
@@ -431,7 +435,8 @@ fn rendered_series_are_already_in_client_golang_order() {
             namespace: namespace.into(),
             name: name.into(),
             ..identity(&[("app", app)])
-        },
+        }
+        .into(),
         ..vmi_stats(DomainStats {
             memory: Some(MemoryStats {
                 rss: Some(1),

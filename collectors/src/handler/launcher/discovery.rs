@@ -60,6 +60,7 @@ impl VirtualMachineInstance {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            ..Default::default()
         }
     }
 }

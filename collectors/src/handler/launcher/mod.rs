@@ -25,10 +25,10 @@ pub mod socket;
 use std::ffi::OsStr;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use foldhash::HashSet;
+use foldhash::{HashMap, HashSet};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt};
@@ -40,7 +40,7 @@ pub use socket::SocketError;
 
 use crate::core::collect::{Problem, Trigger};
 use crate::handler::source::{SourceReport, StatsSource};
-use crate::handler::stats::{DomainStats, VmiStats};
+use crate::handler::stats::{DomainStats, VmiIdentity, VmiStats};
 use crate::k8s::objects::VirtualMachineInstance;
 use kubevirt_metrics_flags::HandlerArgs;
 
@@ -91,6 +91,7 @@ pub struct LauncherSource {
     lister: Arc<dyn VmiLister>,
     settings: LauncherSettings,
     pool: ClientPool,
+    identities: Identities,
 }
 
 impl LauncherSource {
@@ -118,6 +119,7 @@ impl LauncherSource {
             lister,
             settings,
             pool: ClientPool::default(),
+            identities: Identities::default(),
         }
     }
 
@@ -141,14 +143,17 @@ impl LauncherSource {
 
         let jobs = self.locate(vmis, &mut report.problems);
         let fetched = self.fetch_all(&jobs, deadline).await;
+        let identities = self
+            .identities
+            .of(jobs.iter().map(|(vmi, _)| vmi), &self.settings.node_name);
         report.vmis.reserve(jobs.len());
-        for ((vmi, socket), fetched) in jobs.iter().zip(fetched) {
+        for (((vmi, socket), fetched), identity) in jobs.iter().zip(fetched).zip(identities) {
             let outcome = match fetched {
                 None => Outcome::problem(problem(vmi, "timeout", "the pass deadline came first")),
                 Some(Ok(Fetched::Failed(failure))) => Outcome::problem(failure),
                 Some(Ok(Fetched::Replies(replies))) => {
                     std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        self.assemble(vmi, socket, replies)
+                        self.assemble(vmi, identity, socket, replies)
                     }))
                     .unwrap_or_else(|panic| internal(vmi, &*panic))
                 }
@@ -294,7 +299,13 @@ impl LauncherSource {
 
     /// One VMI's replies decoded into its statistics and problems. A transport failure or
     /// a hang drops the VMI's kept connection.
-    fn assemble(&self, vmi: &VirtualMachineInstance, socket: &Path, replies: Replies) -> Outcome {
+    fn assemble(
+        &self,
+        vmi: &VirtualMachineInstance,
+        identity: Arc<VmiIdentity>,
+        socket: &Path,
+        replies: Replies,
+    ) -> Outcome {
         let Replies {
             stats,
             filesystems,
@@ -368,7 +379,7 @@ impl LauncherSource {
             (None, None) => None,
         }
         .map(|(domain, filesystems)| VmiStats {
-            vmi: vmi.identity(&self.settings.node_name),
+            vmi: identity,
             domain,
             filesystems,
             dirty_rate_mbs,
@@ -386,6 +397,40 @@ impl StatsSource for LauncherSource {
     /// The VMI list's: collect as soon as the watch has synced or a VMI starts running.
     fn trigger(&self) -> Option<Trigger> {
         self.lister.trigger()
+    }
+}
+
+/// Each VMI's identity, built once per version of its object and shared by every pass:
+/// the lister hands out the same `Arc` until the watch delivers a change. Keyed by that
+/// `Arc`'s address, which cannot be reused while the entry holds the `Arc`.
+#[derive(Default)]
+struct Identities(Mutex<HashMap<usize, Identified>>);
+
+/// A VMI object and the identity built from it.
+type Identified = (Arc<VirtualMachineInstance>, Arc<VmiIdentity>);
+
+impl Identities {
+    /// The identities of `vmis`, in their order; those of VMIs not among them are forgotten.
+    fn of<'a>(
+        &self,
+        vmis: impl ExactSizeIterator<Item = &'a Arc<VirtualMachineInstance>>,
+        fallback_node: &str,
+    ) -> Vec<Arc<VmiIdentity>> {
+        let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = HashMap::with_capacity_and_hasher(vmis.len(), Default::default());
+        let identities = vmis
+            .map(|vmi| {
+                let key = Arc::as_ptr(vmi) as usize;
+                let entry = known
+                    .remove(&key)
+                    .unwrap_or_else(|| (Arc::clone(vmi), Arc::new(vmi.identity(fallback_node))));
+                let identity = Arc::clone(&entry.1);
+                kept.insert(key, entry);
+                identity
+            })
+            .collect();
+        *known = kept;
+        identities
     }
 }
 

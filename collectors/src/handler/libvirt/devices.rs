@@ -19,6 +19,7 @@ pub fn identity(domain_name: &str, node: &str) -> VmiIdentity {
         name: name.to_owned(),
         node: node.to_owned(),
         labels: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -359,7 +359,7 @@ impl UriWorker {
             let uuid = record.uuid();
             // Decoded straight into its place in the report.
             report.vmis.push(VmiStats {
-                vmi: identity(&name, node),
+                vmi: identity(&name, node).into(),
                 domain: DomainStats::default(),
                 filesystems: Vec::new(),
                 dirty_rate_mbs: None,
