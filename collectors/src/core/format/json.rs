@@ -32,6 +32,13 @@ pub const CONTENT_TYPE: &str = "application/json";
 
 /// The JSON document for `families`, in the text format's order.
 pub fn encode(families: &[Family]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(&mut out, families);
+    out
+}
+
+/// [`encode`], appended to `out` (see [`super::text::encode_into`]).
+pub fn encode_into(out: &mut Vec<u8>, families: &[Family]) {
     let document = Document {
         families: client_golang_order(families)
             .into_iter()
@@ -47,7 +54,7 @@ pub fn encode(families: &[Family]) -> Vec<u8> {
             .collect(),
     };
     // Serializing plain strings and numbers into a Vec cannot fail.
-    serde_json::to_vec(&document).unwrap_or_default()
+    let _ = serde_json::to_writer(out, &document);
 }
 
 #[derive(Serialize)]

@@ -31,23 +31,23 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub const CONTENT_TYPE_0_0_1: &str = "application/openmetrics-text; version=0.0.1; charset=utf-8";
 
 pub fn encode(families: &[Family]) -> String {
-    let mut out = String::with_capacity(estimate_len(families));
+    let mut out = String::new();
+    encode_into(&mut out, families);
+    out
+}
+
+/// [`encode`], appended to `out` (see [`super::text::encode_into`]).
+pub fn encode_into(out: &mut String, families: &[Family]) {
+    out.reserve(estimate_len(families));
     for (family, samples) in client_golang_order(families) {
         let (meta_name, type_word) = metadata(family);
         // HELP escapes `"` too: the label value escaping.
-        write_metadata(
-            &mut out,
-            meta_name,
-            &family.help,
-            type_word,
-            escape_label_value,
-        );
+        write_metadata(out, meta_name, &family.help, type_word, escape_label_value);
         for sample in samples {
-            write_sample(&mut out, family, sample);
+            write_sample(out, family, sample);
         }
     }
     out.push_str("# EOF\n");
-    out
 }
 
 /// The name for `# HELP`/`# TYPE` and the OpenMetrics type word.

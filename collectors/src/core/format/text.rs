@@ -12,10 +12,18 @@ use crate::core::metric::{Family, client_golang_order};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub fn encode(families: &[Family]) -> String {
-    let mut out = String::with_capacity(estimate_len(families));
+    let mut out = String::new();
+    encode_into(&mut out, families);
+    out
+}
+
+/// [`encode`], appended to `out`: an earlier page's buffer, cleared, takes the new page
+/// without asking the kernel for fresh memory to fault in.
+pub fn encode_into(out: &mut String, families: &[Family]) {
+    out.reserve(estimate_len(families));
     for (family, samples) in client_golang_order(families) {
         write_metadata(
-            &mut out,
+            out,
             &family.name,
             &family.help,
             family.kind.as_str(),
@@ -24,11 +32,11 @@ pub fn encode(families: &[Family]) -> String {
         for sample in samples {
             out.push_str(&family.name);
             out.push_str(sample.suffix);
-            write_labels(&mut out, &sample.labels, |out, _, value| {
+            write_labels(out, &sample.labels, |out, _, value| {
                 escape_label_value(out, value)
             });
             out.push(' ');
-            push_float(&mut out, sample.value);
+            push_float(out, sample.value);
             if let Some(ts) = sample.timestamp_ms {
                 // Writing into a String cannot fail.
                 let _ = write!(out, " {ts}");
@@ -36,7 +44,6 @@ pub fn encode(families: &[Family]) -> String {
             out.push('\n');
         }
     }
-    out
 }
 
 fn estimate_len(families: &[Family]) -> usize {

@@ -2,7 +2,8 @@
 //!
 //! Scrapes never collect: they serve the last published [`Snapshot`], encoded once per
 //! format (and gzipped once, for clients that accept it) the first time it is asked for, so
-//! a scrape every second costs a copy of a reference-counted buffer.
+//! a scrape every second costs a copy of a reference-counted buffer. A page is written
+//! into the buffer of the page it replaces when no response holds that any more ([`pages`]).
 //!
 //! HTTP/1.1 only (KubeVirt disables HTTP/2 on its endpoints too, CVE-2023-44487), bounded
 //! connections, timeouts on idle connections, request heads, response writes and TLS
@@ -10,6 +11,7 @@
 //! connection and nothing else, and is counted.
 
 pub mod limits;
+mod pages;
 pub mod tls;
 
 use std::io::Write;
@@ -41,6 +43,7 @@ use crate::core::metric::Family;
 use crate::core::selfmetrics::SelfMetrics;
 pub use limits::ServerLimits;
 use limits::{Connections, GuardedIo, Refusal, RefusalCounter, Slot};
+use pages::SparePages;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for responses in flight.
@@ -74,6 +77,8 @@ pub struct Snapshot {
     text: OnceCell<Encoded>,
     openmetrics: OnceCell<Encoded>,
     json: OnceCell<Encoded>,
+    /// Where its pages' buffers come from and go back to, when it was published.
+    spare: Option<Arc<SparePages>>,
 }
 
 #[derive(Debug)]
@@ -93,7 +98,14 @@ impl Snapshot {
             text: OnceCell::new(),
             openmetrics: OnceCell::new(),
             json: OnceCell::new(),
+            spare: None,
         }
+    }
+
+    /// Encodes into the buffers of replaced pages, and gives its own back when dropped.
+    fn reusing(mut self, spare: Arc<SparePages>) -> Self {
+        self.spare = Some(spare);
+        self
     }
 
     pub fn families(&self) -> &[Family] {
@@ -115,18 +127,9 @@ impl Snapshot {
             .cell(format)
             .get_or_try_init(|| {
                 let snapshot = Arc::clone(self);
-                blocking(move || {
-                    let body = match format {
-                        Format::Text => text::encode(&snapshot.families).into_bytes(),
-                        Format::OpenMetrics1 | Format::OpenMetrics0 => {
-                            openmetrics::encode(&snapshot.families).into_bytes()
-                        }
-                        Format::Json => json::encode(&snapshot.families),
-                    };
-                    Encoded {
-                        plain: Bytes::from(body),
-                        gzip: OnceCell::new(),
-                    }
+                blocking(move || Encoded {
+                    plain: Bytes::from(snapshot.encode(format)),
+                    gzip: OnceCell::new(),
                 })
             })
             .await?;
@@ -139,6 +142,50 @@ impl Snapshot {
             .get_or_try_init(|| blocking(move || gzip_bytes(&plain)))
             .await
             .cloned()
+    }
+
+    /// The page in `format`, written into the buffer of a replaced page when one waits.
+    fn encode(&self, format: Format) -> Vec<u8> {
+        let buffer = self
+            .spare
+            .as_ref()
+            .map(|spare| spare.take(format))
+            .unwrap_or_default();
+        match format {
+            Format::Json => {
+                let mut out = buffer;
+                json::encode_into(&mut out, &self.families);
+                out
+            }
+            Format::Text | Format::OpenMetrics1 | Format::OpenMetrics0 => {
+                // Empty, so valid UTF-8.
+                let mut out = String::from_utf8(buffer).unwrap_or_default();
+                if format == Format::Text {
+                    text::encode_into(&mut out, &self.families);
+                } else {
+                    openmetrics::encode_into(&mut out, &self.families);
+                }
+                out.into_bytes()
+            }
+        }
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let Some(spare) = &self.spare else {
+            return;
+        };
+        let cells = [
+            (Format::Text, &mut self.text),
+            (Format::OpenMetrics1, &mut self.openmetrics),
+            (Format::Json, &mut self.json),
+        ];
+        for (format, cell) in cells {
+            if let Some(encoded) = cell.take() {
+                spare.give_back(format, encoded.plain);
+            }
+        }
     }
 }
 
@@ -166,6 +213,7 @@ fn gzip_bytes(plain: &[u8]) -> Bytes {
 pub struct Published {
     current: Arc<watch::Sender<Arc<Snapshot>>>,
     ready: Arc<AtomicBool>,
+    spare: Arc<SparePages>,
 }
 
 impl Default for Published {
@@ -179,6 +227,7 @@ impl Published {
         Self {
             current: Arc::new(watch::Sender::new(Arc::new(Snapshot::new(Vec::new())))),
             ready: Arc::new(AtomicBool::new(false)),
+            spare: Arc::default(),
         }
     }
 
@@ -189,8 +238,11 @@ impl Published {
 
     /// Replaces what `/metrics` serves with families shared with others (the push batch).
     pub fn publish_shared(&self, families: Arc<Vec<Family>>) {
-        self.current
-            .send_replace(Arc::new(Snapshot::shared(families)));
+        // Buffers nobody took over a whole interval go; then the replaced snapshot, if no
+        // response holds it, gives its pages' buffers to the new one.
+        self.spare.expire();
+        let snapshot = Snapshot::shared(families).reusing(Arc::clone(&self.spare));
+        self.current.send_replace(Arc::new(snapshot));
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -527,5 +579,51 @@ mod tests {
         assert!(!accepts_gzip(header("gzip;q=0").as_ref()));
         assert!(!accepts_gzip(header("identity").as_ref()));
         assert!(!accepts_gzip(None));
+    }
+
+    fn families(value: f64) -> Vec<Family> {
+        use crate::core::labels::label;
+        use crate::core::metric::{MetricType, Sample};
+        let mut family = Family::new("a_gauge", "A gauge.", MetricType::Gauge);
+        family.samples = (0..1000)
+            .map(|i| Sample::new([(label("i"), i.to_string().into())], value))
+            .collect();
+        vec![family]
+    }
+
+    #[tokio::test]
+    async fn a_replaced_page_nobody_holds_is_the_next_pages_buffer() {
+        let published = Published::new();
+        published.publish(families(1.0));
+        let old = published
+            .snapshot()
+            .body(Format::Text, false)
+            .await
+            .unwrap();
+        let at = old.as_ptr();
+        drop(old);
+        published.publish(families(2.0));
+        let new = published
+            .snapshot()
+            .body(Format::Text, false)
+            .await
+            .unwrap();
+        assert_eq!(new, text::encode(&families(2.0)).into_bytes());
+        assert_eq!(new.as_ptr(), at, "written into the replaced page's memory");
+    }
+
+    #[tokio::test]
+    async fn a_page_still_being_sent_is_not_reused() {
+        let published = Published::new();
+        published.publish(families(1.0));
+        let in_flight = published.snapshot().body(Format::OpenMetrics1, false).await;
+        let in_flight = in_flight.unwrap();
+        published.publish(families(2.0));
+        let new = published.snapshot().body(Format::OpenMetrics1, false).await;
+        assert_eq!(
+            new.unwrap(),
+            openmetrics::encode(&families(2.0)).into_bytes()
+        );
+        assert_eq!(in_flight, openmetrics::encode(&families(1.0)).into_bytes());
     }
 }
