@@ -43,7 +43,7 @@ use crate::core::metric::Family;
 use crate::core::selfmetrics::SelfMetrics;
 pub use limits::ServerLimits;
 use limits::{Connections, GuardedIo, Refusal, RefusalCounter, Slot};
-use pages::SparePages;
+use pages::{PageKind, SparePages};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for responses in flight.
@@ -74,9 +74,8 @@ pub struct TlsFiles {
 #[derive(Debug)]
 pub struct Snapshot {
     families: Arc<Vec<Family>>,
-    text: OnceCell<Encoded>,
-    openmetrics: OnceCell<Encoded>,
-    json: OnceCell<Encoded>,
+    /// One per [`PageKind`], by its index.
+    pages: [OnceCell<Encoded>; PageKind::COUNT],
     /// Where its pages' buffers come from and go back to, when it was published.
     spare: Option<Arc<SparePages>>,
 }
@@ -109,9 +108,7 @@ impl Snapshot {
     pub fn shared(families: Arc<Vec<Family>>) -> Self {
         Self {
             families,
-            text: OnceCell::new(),
-            openmetrics: OnceCell::new(),
-            json: OnceCell::new(),
+            pages: Default::default(),
             spare: None,
         }
     }
@@ -127,11 +124,7 @@ impl Snapshot {
     }
 
     fn cell(&self, format: Format) -> &OnceCell<Encoded> {
-        match format {
-            Format::Text => &self.text,
-            Format::OpenMetrics1 | Format::OpenMetrics0 => &self.openmetrics,
-            Format::Json => &self.json,
-        }
+        &self.pages[PageKind::of(format).index()]
     }
 
     /// The body in `format`, gzipped if `gzip`; encoded on a blocking thread the first time
@@ -165,25 +158,26 @@ impl Snapshot {
 
     /// The page in `format`, written into the buffer of a replaced page when one waits.
     fn encode(&self, format: Format) -> Vec<u8> {
-        let buffer = self
+        let kind = PageKind::of(format);
+        let mut buffer = self
             .spare
             .as_ref()
-            .map(|spare| spare.take(format))
+            .map(|spare| spare.take(kind))
             .unwrap_or_default();
-        match format {
-            Format::Json => {
-                let mut out = buffer;
-                json::encode_into(&mut out, &self.families);
-                out
+        match kind {
+            PageKind::Json => {
+                json::encode_into(&mut buffer, &self.families);
+                buffer
             }
-            Format::Text | Format::OpenMetrics1 | Format::OpenMetrics0 => {
+            PageKind::Text | PageKind::OpenMetrics => {
                 // Empty, so valid UTF-8.
                 let mut out = String::from_utf8(buffer).unwrap_or_default();
-                if format == Format::Text {
-                    text::encode_into(&mut out, &self.families);
+                let encode_into = if kind == PageKind::Text {
+                    text::encode_into
                 } else {
-                    openmetrics::encode_into(&mut out, &self.families);
-                }
+                    openmetrics::encode_into
+                };
+                encode_into(&mut out, &self.families);
                 out.into_bytes()
             }
         }
@@ -195,14 +189,9 @@ impl Drop for Snapshot {
         let Some(spare) = &self.spare else {
             return;
         };
-        let cells = [
-            (Format::Text, &mut self.text),
-            (Format::OpenMetrics1, &mut self.openmetrics),
-            (Format::Json, &mut self.json),
-        ];
-        for (format, cell) in cells {
+        for (kind, cell) in PageKind::ALL.into_iter().zip(&mut self.pages) {
             if let Some(encoded) = cell.take() {
-                spare.give_back(format, encoded.plain);
+                spare.give_back(kind, encoded.plain);
             }
         }
     }

@@ -16,32 +16,47 @@ use bytes::Bytes;
 
 use crate::core::format::negotiate::Format;
 
-/// The kinds of page a snapshot caches (both OpenMetrics versions share one body).
-const KINDS: usize = 3;
+/// The kinds of page a snapshot caches, one per body: both OpenMetrics versions share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageKind {
+    Text,
+    OpenMetrics,
+    Json,
+}
 
-fn kind(format: Format) -> usize {
-    match format {
-        Format::Text => 0,
-        Format::OpenMetrics1 | Format::OpenMetrics0 => 1,
-        Format::Json => 2,
+impl PageKind {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Self; Self::COUNT] = [Self::Text, Self::OpenMetrics, Self::Json];
+
+    pub fn of(format: Format) -> Self {
+        match format {
+            Format::Text => Self::Text,
+            Format::OpenMetrics1 | Format::OpenMetrics0 => Self::OpenMetrics,
+            Format::Json => Self::Json,
+        }
+    }
+
+    /// Its place in a `[_; PageKind::COUNT]`.
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
 /// One spare buffer per kind of page.
 #[derive(Debug, Default)]
-pub struct SparePages(Mutex<[Vec<u8>; KINDS]>);
+pub struct SparePages(Mutex<[Vec<u8>; PageKind::COUNT]>);
 
 impl SparePages {
-    /// An empty buffer for a page in `format`: the last one given back, or a new one.
-    pub fn take(&self, format: Format) -> Vec<u8> {
-        let mut buffer = std::mem::take(&mut self.slots()[kind(format)]);
+    /// An empty buffer for a page of `kind`: the last one given back, or a new one.
+    pub fn take(&self, kind: PageKind) -> Vec<u8> {
+        let mut buffer = std::mem::take(&mut self.slots()[kind.index()]);
         buffer.clear();
         buffer
     }
 
-    /// Keeps the buffer of `page` (a page in `format` no longer served) for the next page
+    /// Keeps the buffer of `page` (a page of `kind` no longer served) for the next page
     /// of its kind, unless a response still holds it.
-    pub fn give_back(&self, format: Format, page: Bytes) {
+    pub fn give_back(&self, kind: PageKind, page: Bytes) {
         let Ok(mut page) = page.try_into_mut() else {
             return;
         };
@@ -49,7 +64,7 @@ impl SparePages {
         page.clear();
         let buffer = Vec::from(page);
         let mut slots = self.slots();
-        let slot = &mut slots[kind(format)];
+        let slot = &mut slots[kind.index()];
         if buffer.capacity() > slot.capacity() {
             *slot = buffer;
         }
@@ -60,7 +75,7 @@ impl SparePages {
         *self.slots() = Default::default();
     }
 
-    fn slots(&self) -> MutexGuard<'_, [Vec<u8>; KINDS]> {
+    fn slots(&self) -> MutexGuard<'_, [Vec<u8>; PageKind::COUNT]> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -82,12 +97,12 @@ mod tests {
         let spare = SparePages::default();
         let old = page(1 << 20);
         let at = old.as_ptr();
-        spare.give_back(Format::Text, old);
-        let buffer = spare.take(Format::Text);
+        spare.give_back(PageKind::Text, old);
+        let buffer = spare.take(PageKind::Text);
         assert!(buffer.is_empty());
         assert_eq!(buffer.as_ptr(), at, "the same memory, not a copy");
         assert!(buffer.capacity() >= 1 << 20);
-        assert_eq!(spare.take(Format::Text).capacity(), 0, "taken once");
+        assert_eq!(spare.take(PageKind::Text).capacity(), 0, "taken once");
     }
 
     #[test]
@@ -95,17 +110,17 @@ mod tests {
         let spare = SparePages::default();
         let old = page(4096);
         let in_flight = old.clone();
-        spare.give_back(Format::OpenMetrics1, old);
-        assert_eq!(spare.take(Format::OpenMetrics0).capacity(), 0);
+        spare.give_back(PageKind::OpenMetrics, old);
+        assert_eq!(spare.take(PageKind::of(Format::OpenMetrics0)).capacity(), 0);
         assert_eq!(in_flight.len(), 4096);
     }
 
     #[test]
     fn each_kind_of_page_keeps_its_own_buffer_until_expired() {
         let spare = SparePages::default();
-        spare.give_back(Format::Json, page(8192));
-        assert_eq!(spare.take(Format::Text).capacity(), 0);
+        spare.give_back(PageKind::Json, page(8192));
+        assert_eq!(spare.take(PageKind::Text).capacity(), 0);
         spare.expire();
-        assert_eq!(spare.take(Format::Json).capacity(), 0);
+        assert_eq!(spare.take(PageKind::Json).capacity(), 0);
     }
 }
