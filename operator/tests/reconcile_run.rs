@@ -33,24 +33,48 @@ fn reply(code: u16, body: &serde_json::Value) -> Response<Body> {
         .unwrap()
 }
 
+/// What the mock API server makes of the policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policies {
+    /// An empty list.
+    Listed,
+    /// The CRD check is answered, the controller's own list never is (a slow API server).
+    ListNeverAnswered,
+    /// 404: the CRD is not installed.
+    CrdMissing,
+}
+
 /// Answers lists with empty lists, discovery of HCO with 404, and leaves watches hanging
-/// (as a real long-poll). Returns every request line once the client is gone.
+/// (as a real long-poll). `listing` hears when the controller lists the policies. Returns
+/// every request line once the client is gone.
 fn responder(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    crd_installed: bool,
+    policies: Policies,
+    listing: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
         let mut seen = Vec::new();
         let mut hanging = Vec::new();
+        let mut listing = listing;
         while let Some((request, send)) = handle.next_request().await {
             let uri = request.uri().to_string();
             seen.push(format!("{} {uri}", request.method()));
             let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "metadata": {}});
+            let policy_list = uri.contains("metricssidecarpolicies") && !uri.contains("watch=true");
+            let crd_check = policy_list && uri.ends_with("limit=1");
+            if policy_list
+                && !crd_check
+                && let Some(listing) = listing.take()
+            {
+                let _ = listing.send(());
+            }
             if uri.starts_with("/apis/hco.kubevirt.io")
-                || (!crd_installed && uri.contains("metricssidecarpolicies"))
+                || (policies == Policies::CrdMissing && uri.contains("metricssidecarpolicies"))
             {
                 send.send_response(reply(404, &not_found));
-            } else if uri.contains("watch=true") {
+            } else if uri.contains("watch=true")
+                || (policies == Policies::ListNeverAnswered && policy_list && !crd_check)
+            {
                 hanging.push(send);
             } else {
                 send.send_response(reply(
@@ -76,7 +100,7 @@ fn config() -> RunConfig {
 #[tokio::test]
 async fn run_serves_health_and_metrics_then_stops_gracefully() {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let requests = responder(handle, true);
+    let requests = responder(handle, Policies::Listed, None);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(run_with_client(
@@ -166,7 +190,7 @@ async fn run_serves_health_and_metrics_then_stops_gracefully() {
 #[tokio::test]
 async fn run_fails_fast_without_the_crd() {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let requests = responder(handle, false);
+    let requests = responder(handle, Policies::CrdMissing, None);
     let result = tokio::time::timeout(
         Duration::from_secs(10),
         run_with_client(
@@ -184,4 +208,45 @@ async fn run_fails_fast_without_the_crd() {
     );
     let seen = requests.await.unwrap();
     assert_eq!(seen.len(), 1, "{seen:#?}");
+}
+
+/// A stop that comes before the controller's first list of policies has arrived: the
+/// controller has nothing running and must not wait for the list (kube-runtime's own
+/// graceful shutdown would wait for ever). The grace period is longer than the test's
+/// hang guard, so passing proves the operator did not sit out the grace period either.
+#[tokio::test]
+async fn a_stop_before_the_first_list_arrives_stops_at_once() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (listing_tx, listing) = tokio::sync::oneshot::channel();
+    let requests = responder(handle, Policies::ListNeverAnswered, Some(listing_tx));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_with_client(
+        Client::new(service, "default"),
+        RunConfig {
+            shutdown_grace: Duration::from_secs(600),
+            ..config()
+        },
+        async {
+            let _ = stopped.await;
+        },
+        None,
+    ));
+    tokio::time::timeout(Duration::from_secs(10), listing)
+        .await
+        .expect("the controller lists the policies")
+        .unwrap();
+
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops without waiting for the list or the grace period");
+    result.unwrap().unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), requests)
+        .await
+        .expect("every client clone dropped after the stop")
+        .unwrap();
+    assert!(
+        !seen.iter().any(|l| !l.starts_with("GET ")),
+        "nothing written: {seen:#?}"
+    );
 }

@@ -7,6 +7,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
 use super::metrics::Metrics;
+use super::shutdown::InFlight;
 use crate::plan::PlanDefaults;
 
 /// Knobs of the reconcile loop (not of the policy).
@@ -46,6 +47,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// Reconciles running now; a stop waits for them (see [`super::shutdown`]).
+    pub in_flight: InFlight,
 }
 
 impl Context {
@@ -66,6 +69,7 @@ impl Context {
             recorder,
             metrics,
             settings,
+            in_flight: InFlight::default(),
         })
     }
 }

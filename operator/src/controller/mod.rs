@@ -18,8 +18,8 @@
 //!
 //! Errors leave the pipeline to `reconcile`, which counts them ([`metrics`]) and reports a
 //! 403 on the policy ([`forbidden`]); `error_policy` logs them once and requeues.
-//! [`events`], [`health`], [`leader`] are the operational pieces; [`run`] wires them: HTTP
-//! endpoint, CRD check, discovery, leader election, controller, shutdown.
+//! [`events`], [`health`], [`leader`], [`shutdown`] are the operational pieces; [`run`] wires
+//! them: HTTP endpoint, CRD check, discovery, leader election, controller, shutdown.
 
 pub mod apply;
 pub mod context;
@@ -33,6 +33,7 @@ pub mod monitoring;
 pub mod observe;
 pub mod reconcile;
 pub mod rollout;
+pub mod shutdown;
 pub mod status;
 pub mod target;
 
@@ -41,7 +42,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -119,6 +120,12 @@ pub struct RunConfig {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
 
+    /// On SIGTERM, how long running reconciles may take to finish before they are dropped;
+    /// keep it under the pod's `terminationGracePeriodSeconds`, which must also leave time to
+    /// give the lease up.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Policies reconciled at the same time.
     #[arg(long, default_value_t = 4)]
     pub concurrency: u16,
@@ -140,6 +147,7 @@ impl Default for RunConfig {
             lease_duration: Duration::from_secs(15),
             lease_grace: Duration::from_secs(5),
             resync: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(20),
             concurrency: 4,
             log_format: LogFormat::Text,
         }
@@ -269,14 +277,19 @@ async fn serve_controller(
         ..Settings::default()
     };
     let ctx = Context::new(client.clone(), metrics.clone(), settings, Some(identity));
-    let lost = leadership.as_ref().map(leader::Leadership::lost_signal);
-    let mut controller =
-        build(&client, config, hyperconverged_crd).graceful_shutdown_on(stop.wait());
-    if let Some(lost) = lost {
-        controller = controller.graceful_shutdown_on(lost);
-    }
-    controller
-        .run(reconcile, error_policy, ctx)
+    let lost = || {
+        let lost = leadership.as_ref().map(leader::Leadership::lost_signal);
+        async move {
+            match lost {
+                Some(lost) => lost.await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    let controller = build(&client, config, hyperconverged_crd)
+        .graceful_shutdown_on(stop.wait())
+        .graceful_shutdown_on(lost())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(policy = %object.name, "reconciled"),
@@ -284,8 +297,16 @@ async fn serve_controller(
                 Err(controller::Error::ReconcilerFailed(..)) => {}
                 Err(err) => tracing::warn!(error = %err, "controller error"),
             }
-        })
-        .await;
+        });
+    let asked = futures::future::select(Box::pin(stop.wait()), Box::pin(lost())).map(|_| ());
+    match shutdown::drive(controller, asked, &ctx.in_flight, config.shutdown_grace).await {
+        shutdown::Stopped::GraceElapsed { running } => tracing::warn!(
+            running,
+            grace = ?config.shutdown_grace,
+            "reconciles still running after the shutdown grace period were dropped"
+        ),
+        shutdown::Stopped::Finished | shutdown::Stopped::Idle => {}
+    }
     metrics.set_leader(false);
 
     let stopped = *stop.0.borrow();

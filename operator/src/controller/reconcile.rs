@@ -91,6 +91,7 @@ pub async fn reconcile(
     policy: Arc<MetricsSidecarPolicy>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    let _running = ctx.in_flight.enter();
     let started = Instant::now();
     let result = reconcile_policy(policy.clone(), &ctx).await;
     match &result {
