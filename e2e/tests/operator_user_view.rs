@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -70,6 +71,10 @@ async fn what_users_see_on_a_real_api_server() -> anyhow::Result<()> {
         (
             "operator killed mid-reconcile converges",
             Box::pin(killed_mid_reconcile(s)),
+        ),
+        (
+            "operator stopped while starting stops and gives its lease up",
+            Box::pin(stopped_while_starting(s)),
         ),
     ];
     let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
@@ -759,8 +764,18 @@ async fn killed_mid_reconcile(server: &ApiServer) -> anyhow::Result<()> {
         at_kill.status.as_ref().map(|s| &s.conditions)
     );
 
-    // A new process (same pod identity: its lease is still held by the dead one).
+    // A new process with the same pod identity: the lease, if the dead one's lease task has
+    // not given it up yet, is already its own.
     let operator = start_operator(server, &ns).await?;
+    // The dead one may have written the status already: judge the new one only once it has
+    // reconciled the policy itself.
+    eventually("a reconcile by the restarted operator", WAIT, || async {
+        let done = operator
+            .metric("kubevirt_metrics_operator_reconciles_total{result=\"success\"}")
+            .await?;
+        Ok((done >= 1.0).then_some(()))
+    })
+    .await?;
     let policy = wait_reason(client, &ns, "metrics", "RolloutInProgress").await?;
     let kv = get_kubevirt(client, &ns, "kubevirt").await?;
     assert_eq!(kv.patches()[0], foreign());
@@ -798,6 +813,41 @@ async fn killed_mid_reconcile(server: &ApiServer) -> anyhow::Result<()> {
         Some("virt-handler,virt-controller,virt-operator")
     );
     operator.stop().await?;
+    delete_namespace(client, &ns).await;
+    Ok(())
+}
+
+/// SIGTERM as soon as the operator holds its lease, typically before its first list of
+/// policies has arrived (a rolling update of the operator hits this window): it stops, and
+/// gives the lease up so the next replica does not wait for it to expire.
+async fn stopped_while_starting(server: &ApiServer) -> anyhow::Result<()> {
+    let client = &server.client;
+    let ns = namespace(client, "stop-early").await?;
+    create_kubevirt(client, &ns, Some(vec![foreign()]), "Deployed").await?;
+    create_workloads(client, &ns).await?;
+    create_policy(client, &ns, "metrics", spec(json!({"virtHandler": {}}))).await?;
+    let leases = Api::<Lease>::namespaced(client.clone(), &ns);
+    let holder = || async {
+        let lease = leases.get_opt("kubevirt-metrics-operator").await?;
+        anyhow::Ok(lease.and_then(|l| l.spec).and_then(|s| s.holder_identity))
+    };
+    for round in 0..3 {
+        let operator = start_operator(server, &ns).await?;
+        // Polled tightly: the window between the lease and the first list is milliseconds.
+        let deadline = std::time::Instant::now() + WAIT;
+        while holder().await?.is_none() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no lease"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        operator
+            .stop()
+            .await
+            .map_err(|err| anyhow::anyhow!("round {round}: the stop failed: {err:#}"))?;
+        assert_eq!(holder().await?, None, "round {round}: the lease given up");
+    }
     delete_namespace(client, &ns).await;
     Ok(())
 }

@@ -370,7 +370,9 @@ impl Operator {
     }
 
     /// Kills the operator where it stands, as a crashed or OOM-killed pod: no graceful
-    /// shutdown, the lease is not released.
+    /// shutdown. Unlike a dead pod's, its lease is given up soon after: kube-lease-manager's
+    /// task is spawned apart, survives the abort and releases the lease once it sees its
+    /// holder gone.
     pub async fn kill(mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;

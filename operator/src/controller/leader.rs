@@ -41,8 +41,16 @@ pub struct Leadership {
     task: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
 }
 
-/// Waits until this replica holds the lease.
-pub async fn acquire(client: Client, settings: &LeaseSettings) -> Result<Leadership, LeaderError> {
+/// Waits until this replica holds the lease, or until `stop` resolves (`None`).
+///
+/// A stop while waiting still waits for the lease task to give the lease up: it may have
+/// just taken it, and a process that exits first leaves the next replica waiting for the
+/// lease to expire.
+pub async fn acquire(
+    client: Client,
+    settings: &LeaseSettings,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Option<Leadership>, LeaderError> {
     let manager = LeaseManagerBuilder::new(client, &settings.name)
         .with_namespace(&settings.namespace)
         .with_identity(&settings.identity)
@@ -56,19 +64,32 @@ pub async fn acquire(client: Client, settings: &LeaseSettings) -> Result<Leaders
             name: settings.name.clone(),
             source,
         })?;
-    let (mut state, task) = manager.watch().await;
+    let (state, task) = manager.watch().await;
+    let mut candidate = Leadership { state, task };
     tracing::info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity,
         "waiting for the leader lease");
-    while !*state.borrow_and_update() {
-        if state.changed().await.is_err() {
-            return Err(LeaderError::Stopped);
+    tokio::select! {
+        held = candidate.held() => held?,
+        () = stop => {
+            candidate.release().await;
+            return Ok(None);
         }
     }
     tracing::info!(identity = %settings.identity, "acquired the leader lease");
-    Ok(Leadership { state, task })
+    Ok(Some(candidate))
 }
 
 impl Leadership {
+    /// Resolves once the lease is held; fails if the lease task ended first.
+    async fn held(&mut self) -> Result<(), LeaderError> {
+        while !*self.state.borrow_and_update() {
+            if self.state.changed().await.is_err() {
+                return Err(LeaderError::Stopped);
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves when the lease is lost (or its task ends).
     pub async fn lost(&mut self) {
         loop {
@@ -101,7 +122,9 @@ impl Leadership {
         let Leadership { state, task } = self;
         drop(state);
         match task.await {
-            Ok(Ok(_)) => tracing::info!("released the leader lease"),
+            Ok(Ok(_)) => {
+                tracing::info!("leader lease task stopped; the lease is given up if it was held")
+            }
             Ok(Err(err)) => tracing::warn!(error = %err, "releasing the leader lease failed"),
             Err(err) => tracing::warn!(error = %err, "leader lease task failed"),
         }

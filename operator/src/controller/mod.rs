@@ -262,9 +262,9 @@ async fn serve_controller(
             duration: config.lease_duration,
             grace: config.lease_grace,
         };
-        tokio::select! {
-            held = leader::acquire(client.clone(), &settings) => Some(held?),
-            () = stop.wait() => return Ok(()),
+        match leader::acquire(client.clone(), &settings, stop.wait()).await? {
+            Some(held) => Some(held),
+            None => return Ok(()),
         }
     } else {
         None
