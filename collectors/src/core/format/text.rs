@@ -175,9 +175,28 @@ fn push_go_g(out: &mut String, v: f64) {
     if v < 0.0 {
         out.push('-');
     }
+    if v.fract() == 0.0 && v.abs() < EXACT_INTEGERS {
+        // Byte and packet counters: an integer below 2^53 is its own shortest form, as
+        // every shorter digit string is another integer, at least 1 away, while its
+        // neighbours are at most 1 away (half of that rounds back). So its digits come
+        // from itoa, without ryu and re-parsing ryu's output.
+        let mut int = itoa::Buffer::new();
+        let int = int.format(v.abs() as i64);
+        let exp = int.len() as i32 - 1;
+        push_shortest(out, int.trim_end_matches('0'), exp);
+        return;
+    }
     let mut ryu = ryu::Buffer::new();
     let (digits, exp) = ShortestDigits::of(ryu.format_finite(v.abs()));
-    let digits = digits.as_str();
+    push_shortest(out, digits.as_str(), exp);
+}
+
+/// 2^53: every integer below it is an `f64`, exactly.
+const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
+/// A positive value given by its shortest significant `digits` and the decimal exponent of
+/// the first, written as Go's `%g` writes it.
+fn push_shortest(out: &mut String, digits: &str, exp: i32) {
     if !(-4..6).contains(&exp) {
         out.push_str(&digits[..1]);
         if digits.len() > 1 {
@@ -326,8 +345,12 @@ mod tests {
             bits in proptest::prelude::any::<u64>(),
             small in -2_000_000i64..2_000_000,
             scaled in -1e12f64..1e12,
+            counter in 0i64..(1 << 53),
+            zeros in 0u32..16,
         ) {
-            for v in [f64::from_bits(bits), small as f64, scaled, scaled.trunc(), small as f64 / 1e3] {
+            let round = (counter / 10i64.pow(zeros)) * 10i64.pow(zeros);
+            for v in [f64::from_bits(bits), small as f64, scaled, scaled.trunc(), small as f64 / 1e3,
+                      counter as f64, -(counter as f64), round as f64] {
                 if !v.is_finite() || v == 0.0 {
                     continue;
                 }
