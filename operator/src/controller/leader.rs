@@ -82,38 +82,18 @@ pub async fn acquire(
 impl Leadership {
     /// Resolves once the lease is held; fails if the lease task ended first.
     async fn held(&mut self) -> Result<(), LeaderError> {
-        while !*self.state.borrow_and_update() {
-            if self.state.changed().await.is_err() {
-                return Err(LeaderError::Stopped);
-            }
-        }
-        Ok(())
-    }
-
-    /// Resolves when the lease is lost (or its task ends).
-    pub async fn lost(&mut self) {
-        loop {
-            if !*self.state.borrow_and_update() {
-                return;
-            }
-            if self.state.changed().await.is_err() {
-                return;
-            }
+        match self.state.wait_for(|held| *held).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(LeaderError::Stopped),
         }
     }
 
-    /// A future that resolves when the lease is lost; for `graceful_shutdown_on`.
+    /// A future that resolves when the lease is lost (or its task ends); for
+    /// `graceful_shutdown_on`.
     pub fn lost_signal(&self) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
         let mut state = self.state.clone();
         async move {
-            loop {
-                if !*state.borrow_and_update() {
-                    return;
-                }
-                if state.changed().await.is_err() {
-                    return;
-                }
-            }
+            let _ = state.wait_for(|held| !*held).await;
         }
     }
 

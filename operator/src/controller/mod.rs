@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt as _, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -277,18 +277,23 @@ async fn serve_controller(
         ..Settings::default()
     };
     let ctx = Context::new(client.clone(), metrics.clone(), settings, Some(identity));
-    let lost = || {
+    // Asked to stop, or the lease lost: the controller takes no new work, and `drive`
+    // bounds the wait for the running reconciles.
+    let stopping = || {
+        let asked = stop.wait();
         let lost = leadership.as_ref().map(leader::Leadership::lost_signal);
         async move {
             match lost {
-                Some(lost) => lost.await,
-                None => std::future::pending().await,
+                Some(lost) => tokio::select! {
+                    () = asked => {}
+                    () = lost => {}
+                },
+                None => asked.await,
             }
         }
     };
     let controller = build(&client, config, hyperconverged_crd)
-        .graceful_shutdown_on(stop.wait())
-        .graceful_shutdown_on(lost())
+        .graceful_shutdown_on(stopping())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
@@ -298,8 +303,14 @@ async fn serve_controller(
                 Err(err) => tracing::warn!(error = %err, "controller error"),
             }
         });
-    let asked = futures::future::select(Box::pin(stop.wait()), Box::pin(lost())).map(|_| ());
-    match shutdown::drive(controller, asked, &ctx.in_flight, config.shutdown_grace).await {
+    match shutdown::drive(
+        controller,
+        stopping(),
+        &ctx.in_flight,
+        config.shutdown_grace,
+    )
+    .await
+    {
         shutdown::Stopped::GraceElapsed { running } => tracing::warn!(
             running,
             grace = ?config.shutdown_grace,
