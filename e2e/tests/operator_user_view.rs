@@ -76,6 +76,10 @@ async fn what_users_see_on_a_real_api_server() -> anyhow::Result<()> {
             "operator stopped while starting stops and gives its lease up",
             Box::pin(stopped_while_starting(s)),
         ),
+        (
+            "operator whose lease another replica took stops",
+            Box::pin(lease_taken(s)),
+        ),
     ];
     let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
     // A failed assertion (a panic) fails its scenario only; the others run to the end.
@@ -848,6 +852,57 @@ async fn stopped_while_starting(server: &ApiServer) -> anyhow::Result<()> {
             .map_err(|err| anyhow::anyhow!("round {round}: the stop failed: {err:#}"))?;
         assert_eq!(holder().await?, None, "round {round}: the lease given up");
     }
+    delete_namespace(client, &ns).await;
+    Ok(())
+}
+
+/// Another replica takes the Lease (as one does after this one missed its renewals): this
+/// one must stop writing and exit with the loss, so that its pod restarts as a standby.
+async fn lease_taken(server: &ApiServer) -> anyhow::Result<()> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let client = &server.client;
+    let ns = namespace(client, "lease-taken").await?;
+    create_kubevirt(client, &ns, Some(vec![foreign()]), "Deployed").await?;
+    create_workloads(client, &ns).await?;
+    create_policy(client, &ns, "metrics", spec(json!({"virtHandler": {}}))).await?;
+    let operator = start_operator(server, &ns).await?;
+    let leases = Api::<Lease>::namespaced(client.clone(), &ns);
+    eventually("the lease held", WAIT, || async {
+        let lease = leases.get_opt("kubevirt-metrics-operator").await?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .map(|_| ()))
+    })
+    .await?;
+
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let taken = json!({"spec": {"holderIdentity": "e2e-standby", "acquireTime": now,
+        "renewTime": now, "leaseDurationSeconds": 3600}});
+    leases
+        .patch(
+            "kubevirt-metrics-operator",
+            &PatchParams::default(),
+            &Patch::Merge(&taken),
+        )
+        .await?;
+    eventually("the operator to stop", WAIT, || async {
+        Ok((!operator.is_running()).then_some(()))
+    })
+    .await?;
+    let stopped = operator.stop().await;
+    assert!(
+        stopped
+            .as_ref()
+            .is_err_and(|err| format!("{err:#}").contains("lost the leader lease")),
+        "exits with the loss: {stopped:?}"
+    );
+    let lease = leases.get("kubevirt-metrics-operator").await?;
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("e2e-standby"),
+        "the other replica's lease left alone"
+    );
     delete_namespace(client, &ns).await;
     Ok(())
 }
