@@ -70,6 +70,12 @@ impl Labels {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Where this set lives, when more than one series holds it: two `Labels` at the same
+    /// address while both are alive are the same set. `None` for a set only one holder has.
+    pub fn shared_address(&self) -> Option<usize> {
+        (Arc::strong_count(&self.0) > 1).then(|| Arc::as_ptr(&self.0).cast::<()>().addr())
+    }
 }
 
 impl std::ops::Deref for Labels {

@@ -23,7 +23,7 @@ use std::fmt::Write;
 
 use crate::core::metric::{Family, MetricType, Sample, client_golang_order};
 
-use super::text::{escape_label_value, format_float, write_labels, write_metadata};
+use super::text::{LabelBlocks, escape_label_value, format_float, write_labels, write_metadata};
 
 /// The `Content-Type` of OpenMetrics 1.0.0 responses.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -39,12 +39,13 @@ pub fn encode(families: &[Family]) -> String {
 /// [`encode`], appended to `out` (see [`super::text::encode_into`]).
 pub fn encode_into(out: &mut String, families: &[Family]) {
     out.reserve(estimate_len(families));
+    let mut blocks = LabelBlocks::default();
     for (family, samples) in client_golang_order(families) {
         let (meta_name, type_word) = metadata(family);
         // HELP escapes `"` too: the label value escaping.
         write_metadata(out, meta_name, &family.help, type_word, escape_label_value);
         for sample in samples {
-            write_sample(out, family, sample);
+            write_sample(out, &mut blocks, family, sample);
         }
     }
     out.push_str("# EOF\n");
@@ -64,16 +65,23 @@ fn metadata(family: &Family) -> (&str, &'static str) {
     }
 }
 
-fn write_sample(out: &mut String, family: &Family, sample: &Sample) {
+fn write_sample(out: &mut String, blocks: &mut LabelBlocks, family: &Family, sample: &Sample) {
     out.push_str(&family.name);
     out.push_str(sample.suffix);
-    write_labels(out, &sample.labels, |out, name, value| {
-        if is_bound_label(family.kind, name) {
-            push_bound(out, value);
-        } else {
-            escape_label_value(out, value);
-        }
-    });
+    if family.kind.bound_label().is_some() {
+        // The same set writes its bound label differently in a family of another kind.
+        write_labels(out, &sample.labels, |out, name, value| {
+            if is_bound_label(family.kind, name) {
+                push_bound(out, value);
+            } else {
+                escape_label_value(out, value);
+            }
+        });
+    } else {
+        blocks.write(out, &sample.labels, |out, labels| {
+            write_labels(out, labels, |out, _, value| escape_label_value(out, value));
+        });
+    }
     out.push(' ');
     if is_count(family.kind, sample.suffix) {
         push_count(out, sample.value);
@@ -159,6 +167,16 @@ mod tests {
         let mut s = Sample::new(l, v);
         s.suffix = "_bucket";
         s
+    }
+
+    #[test]
+    fn shared_label_sets_encode_as_copies_do() {
+        let (shared, apart) = super::super::text::tests::shared_and_apart();
+        let page = encode(&shared);
+        assert_eq!(page, encode(&apart));
+        // One set, two kinds of family: only the histogram's `le` is a float.
+        assert!(page.contains("g{le=\"1\",name=\"a\"} 3.0\n"));
+        assert!(page.contains("h_bucket{le=\"1.0\",name=\"a\"} 4\n"));
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! ([`client_golang_order`]) and Go's shortest `%g` float formatting ([`format_float`]).
 
 use std::fmt::Write;
+use std::ops::Range;
 
-use crate::core::metric::{Family, client_golang_order};
+use foldhash::HashMap;
+
+use crate::core::metric::{Family, Labels, client_golang_order};
 
 /// The `Content-Type` of this format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -21,6 +24,7 @@ pub fn encode(families: &[Family]) -> String {
 /// without asking the kernel for fresh memory to fault in.
 pub fn encode_into(out: &mut String, families: &[Family]) {
     out.reserve(estimate_len(families));
+    let mut blocks = LabelBlocks::default();
     for (family, samples) in client_golang_order(families) {
         write_metadata(
             out,
@@ -32,8 +36,8 @@ pub fn encode_into(out: &mut String, families: &[Family]) {
         for sample in samples {
             out.push_str(&family.name);
             out.push_str(sample.suffix);
-            write_labels(out, &sample.labels, |out, _, value| {
-                escape_label_value(out, value)
+            blocks.write(out, &sample.labels, |out, labels| {
+                write_labels(out, labels, |out, _, value| escape_label_value(out, value));
             });
             out.push(' ');
             push_float(out, sample.value);
@@ -98,6 +102,39 @@ pub(crate) fn write_labels(
         out.push('"');
     }
     out.push('}');
+}
+
+/// The `{...}` block of each label set that several series share, written once per page and
+/// copied after that. A VMI's identity labels head some twenty families, a disk's or a NIC's
+/// eight, so at 400 VMIs most blocks of a page are repeats, and copying one costs a fraction
+/// of writing and escaping its values again. Sets are told apart by address
+/// ([`Labels::shared_address`]): the families stay borrowed while a page is written, so no
+/// set can free its address for another.
+#[derive(Default)]
+pub(crate) struct LabelBlocks(HashMap<usize, Range<usize>>);
+
+impl LabelBlocks {
+    /// Appends the block of `labels` to `out`: by `write` the first time, as a copy of what
+    /// that wrote after. `out` must only grow while this is in use: blocks are remembered by
+    /// their place in it.
+    pub(crate) fn write(
+        &mut self,
+        out: &mut String,
+        labels: &Labels,
+        write: impl FnOnce(&mut String, &Labels),
+    ) {
+        let Some(address) = labels.shared_address() else {
+            write(out, labels);
+            return;
+        };
+        if let Some(written) = self.0.get(&address) {
+            out.extend_from_within(written.clone());
+            return;
+        }
+        let start = out.len();
+        write(out, labels);
+        self.0.insert(address, start..out.len());
+    }
 }
 
 /// HELP text escapes backslash and newline.
@@ -278,7 +315,7 @@ impl ShortestDigits {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::core::metric::{MetricType, Sample};
 
@@ -446,6 +483,56 @@ mod tests {
              b_metric{name=\"a\\\"q\\\\\",namespace=\"ns\"} 1e+07\n\
              b_metric{name=\"z\",namespace=\"ns\"} 2\n"
         );
+    }
+
+    /// Families whose series share label sets, as rendered families do, and the same
+    /// families with every set copied apart.
+    pub(crate) fn shared_and_apart() -> (Vec<Family>, Vec<Family>) {
+        let vmi = |name: &str| -> Labels {
+            vec![
+                ("name".into(), name.into()),
+                ("namespace".into(), "n\"s".into()),
+            ]
+            .into()
+        };
+        let (a, b) = (vmi("a"), vmi("b"));
+        let with_le: Labels = vec![("le".into(), "1".into()), ("name".into(), "a".into())].into();
+        let mut gauge = Family::new("g", "G.", MetricType::Gauge);
+        let mut counter = Family::new("c_total", "C.", MetricType::Counter);
+        let mut histogram = Family::new("h", "H.", MetricType::Histogram);
+        for (labels, v) in [(&b, 2.0), (&a, 1.0)] {
+            gauge.samples.push(Sample::new(labels.clone(), v));
+            counter.samples.push(Sample::new(labels.clone(), v * 10.0));
+        }
+        gauge.samples.push(Sample::new(with_le.clone(), 3.0));
+        let mut bucket = Sample::new(with_le.clone(), 4.0);
+        bucket.suffix = "_bucket";
+        histogram.samples.push(bucket);
+        let shared = vec![gauge, counter, histogram];
+        let apart = shared
+            .iter()
+            .map(|family| Family {
+                samples: family
+                    .samples
+                    .iter()
+                    .map(|sample| Sample {
+                        labels: sample.labels.to_vec().into(),
+                        ..sample.clone()
+                    })
+                    .collect(),
+                ..family.clone()
+            })
+            .collect();
+        (shared, apart)
+    }
+
+    #[test]
+    fn shared_label_sets_encode_as_copies_do() {
+        let (shared, apart) = shared_and_apart();
+        let text = encode(&shared);
+        assert_eq!(text, encode(&apart));
+        assert!(text.contains("c_total{name=\"a\",namespace=\"n\\\"s\"} 10\n"));
+        assert!(text.contains("g{le=\"1\",name=\"a\"} 3\n"));
     }
 
     #[test]
