@@ -72,6 +72,23 @@ pub struct FamilySpec {
     pub vmi_labels: bool,
     /// Labels beyond the VMI identity, in KubeVirt's documentation order.
     pub extra_labels: &'static [&'static str],
+    /// The name's hash, computed at compile time: rendering files some twenty thousand
+    /// samples per pass at 400 VMIs by family, and hashing a forty-byte name for each was
+    /// most of that. Distinct for every family (a test holds that).
+    key: u64,
+}
+
+/// 64-bit FNV-1a, usable in `const` context.
+const fn name_key(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
 }
 
 const fn vmi(
@@ -86,6 +103,7 @@ const fn vmi(
         kind,
         vmi_labels: true,
         extra_labels,
+        key: name_key(name),
     }
 }
 
@@ -96,6 +114,7 @@ const fn migration(name: &'static str, kind: MetricType, help: &'static str) -> 
         kind,
         vmi_labels: false,
         extra_labels: &[],
+        key: name_key(name),
     }
 }
 
@@ -466,7 +485,8 @@ pub fn render(vmis: &[VmiStats], migrations: &[MigrationSample]) -> Vec<Family> 
 }
 
 struct Builder {
-    families: HashMap<&'static str, Family>,
+    /// By [`FamilySpec::key`].
+    families: HashMap<u64, Family>,
     /// Room for this many samples in a new family: one per VMI, the common case.
     capacity: usize,
 }
@@ -480,7 +500,7 @@ impl Builder {
     }
 
     fn push(&mut self, spec: &FamilySpec, labels: Labels, value: f64, timestamp_ms: Option<i64>) {
-        let family = self.families.entry(spec.name).or_insert_with(|| Family {
+        let family = self.families.entry(spec.key).or_insert_with(|| Family {
             samples: Vec::with_capacity(self.capacity),
             ..Family::new(spec.name, spec.help, spec.kind)
         });

@@ -58,6 +58,11 @@ fn family_table_is_complete_and_unique() {
     for absent in ABSENT_FAMILIES {
         assert!(!names.contains(absent), "{absent}");
     }
+    // Rendering files samples by key: two families with one key would become one.
+    let mut keys: Vec<u64> = FAMILIES.iter().map(|spec| spec.key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), FAMILIES.len());
 }
 
 #[test]
