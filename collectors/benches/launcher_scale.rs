@@ -81,7 +81,8 @@ struct Args {
     soak_scrapes: usize,
     /// Measure only the kept-connection passes (ours against the bare calls).
     kept_only: bool,
-    /// Profiling: after setup, run only this kind of pass (`ours`, `source`, `bare`)
+    /// Profiling: after setup, run only this kind of pass (`ours`, `source`, `bare`, or
+    /// `render`: the families and text page of one collected pass, again and again)
     /// `--iterations` times back to back, e.g. under `perf record`.
     only_loop: Option<String>,
     /// The runtime's workers, for the passes measured here and for the sidecar process
@@ -760,6 +761,7 @@ async fn loop_only(
     let clients = dial_all(sockets).await;
     let mut parts = Parts::default();
     let mut sample = Sample::default();
+    let mut rendered = Vec::new();
     for _ in 0..passes {
         match kind {
             "ours" => sample.measure(0, our_pass(&ours, n, &mut parts)).await,
@@ -774,7 +776,22 @@ async fn loop_only(
                     .await
             }
             "bare" => sample.measure(0, bare_calls_kept(&clients)).await,
-            other => fail(&format!("--loop {other}: ours, source or bare")),
+            "render" => {
+                if rendered.is_empty() {
+                    rendered = ours
+                        .collect_pass(tokio::time::Instant::now() + Duration::from_secs(60))
+                        .await
+                        .vmis;
+                }
+                sample
+                    .measure(0, async {
+                        parts.published.publish(families::render(&rendered, &[]));
+                        let page = parts.published.snapshot().body(Format::Text, false).await;
+                        std::hint::black_box(page.map(|page| page.len()).ok());
+                    })
+                    .await
+            }
+            other => fail(&format!("--loop {other}: ours, source, bare or render")),
         }
     }
     println!(
