@@ -78,9 +78,7 @@ fn write_sample(out: &mut String, blocks: &mut LabelBlocks, family: &Family, sam
             }
         });
     } else {
-        blocks.write(out, &sample.labels, |out, labels| {
-            write_labels(out, labels, |out, _, value| escape_label_value(out, value));
-        });
+        blocks.write(out, &sample.labels);
     }
     out.push(' ');
     if is_count(family.kind, sample.suffix) {

@@ -36,9 +36,7 @@ pub fn encode_into(out: &mut String, families: &[Family]) {
         for sample in samples {
             out.push_str(&family.name);
             out.push_str(sample.suffix);
-            blocks.write(out, &sample.labels, |out, labels| {
-                write_labels(out, labels, |out, _, value| escape_label_value(out, value));
-            });
+            blocks.write(out, &sample.labels);
             out.push(' ');
             push_float(out, sample.value);
             if let Some(ts) = sample.timestamp_ms {
@@ -114,17 +112,15 @@ pub(crate) fn write_labels(
 pub(crate) struct LabelBlocks(HashMap<usize, Range<usize>>);
 
 impl LabelBlocks {
-    /// Appends the block of `labels` to `out`: by `write` the first time, as a copy of what
-    /// that wrote after. `out` must only grow while this is in use: blocks are remembered by
-    /// their place in it.
-    pub(crate) fn write(
-        &mut self,
-        out: &mut String,
-        labels: &Labels,
-        write: impl FnOnce(&mut String, &Labels),
-    ) {
+    /// Appends the block of `labels`, every value escaped as a label value, to `out`: written
+    /// the first time, copied from there after. `out` must only grow while this is in use:
+    /// blocks are remembered by their place in it.
+    pub(crate) fn write(&mut self, out: &mut String, labels: &Labels) {
+        let write = |out: &mut String| {
+            write_labels(out, labels, |out, _, value| escape_label_value(out, value));
+        };
         let Some(address) = labels.shared_address() else {
-            write(out, labels);
+            write(out);
             return;
         };
         if let Some(written) = self.0.get(&address) {
@@ -132,7 +128,7 @@ impl LabelBlocks {
             return;
         }
         let start = out.len();
-        write(out, labels);
+        write(out);
         self.0.insert(address, start..out.len());
     }
 }
