@@ -10,8 +10,9 @@
 #
 #   bench/launcher-scale.sh
 #
-# Env: VMIS (10,100,400), ITERATIONS (30), SCRAPES (300), KUBEVIRT_SCRAPES (10),
-# COMPLEMENT_SECONDS (15), SOAK_COLLECTIONS (10000), SOAK_SCRAPES (10000; 0 and 0 skip
+# Env: VMIS (10,100,400), ITERATIONS and PAIR_SECONDS (back-to-back pairs of our pass and
+# the bare calls per N: at least 30, and for at least 20 s), SCRAPES (300),
+# KUBEVIRT_SCRAPES (10), COMPLEMENT_SECONDS (15), SOAK_COLLECTIONS (10000), SOAK_SCRAPES (10000; 0 and 0 skip
 # the soak), KEPT_ONLY=1 (only our pass against the bare calls on kept connections),
 # KUBEVIRT_PEER (else ../shared/kubevirt-peer/unpack.sh), WORKER_THREADS (the sidecar's
 # --worker-threads for its runtime and the passes measured here; default the sidecar's).
@@ -29,7 +30,7 @@ cargo bench --quiet -p kubevirt-metrics-collectors --bench launcher_scale --no-r
 echo "== machine: $(nproc) cores, $(uname -r), $(free -g | awk '/Mem:/{print $2}') GiB RAM, peer $(sha256sum "$PEER" | cut -c1-12) (KubeVirt v1.9.0), load $(cut -d' ' -f1-3 /proc/loadavg)"
 cargo bench --quiet -p kubevirt-metrics-collectors --bench launcher_scale -- \
   --peer "$PEER" --stats-file "$STATS" --vmis "$VMIS" \
-  --iterations "${ITERATIONS:-30}" --scrapes "${SCRAPES:-300}" \
+  --iterations "${ITERATIONS:-30}" --pair-seconds "${PAIR_SECONDS:-20}" --scrapes "${SCRAPES:-300}" \
   --kubevirt-scrapes "${KUBEVIRT_SCRAPES:-10}" --complement-seconds "${COMPLEMENT_SECONDS:-15}" \
   --soak-collections "${SOAK_COLLECTIONS:-10000}" --soak-scrapes "${SOAK_SCRAPES:-10000}" \
   ${KEPT_ONLY:+--kept-only} ${WORKER_THREADS:+--worker-threads "$WORKER_THREADS"}

@@ -72,7 +72,10 @@ struct Args {
     stats_file: String,
     workdir: PathBuf,
     vmis: Vec<usize>,
+    /// Back-to-back pairs (ours, bare calls) at least, per N...
     iterations: usize,
+    /// ...and at least this long, so that small N, whose pairs are quick, get more of them.
+    pair_seconds: f64,
     cold_iterations: usize,
     scrapes: usize,
     kubevirt_scrapes: usize,
@@ -97,6 +100,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
         workdir: "/tmp/kvb".into(),
         vmis: vec![10, 100, 400],
         iterations: 30,
+        pair_seconds: 20.0,
         cold_iterations: 10,
         scrapes: 300,
         kubevirt_scrapes: 10,
@@ -118,6 +122,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
             "--workdir" => args.workdir = value().into(),
             "--vmis" => args.vmis = value().split(',').map(number).collect(),
             "--iterations" => args.iterations = number(&value()),
+            "--pair-seconds" => args.pair_seconds = number(&value()) as f64,
             "--cold-iterations" => args.cold_iterations = number(&value()),
             "--scrapes" => args.scrapes = number(&value()),
             "--kubevirt-scrapes" => args.kubevirt_scrapes = number(&value()),
@@ -193,12 +198,9 @@ struct Row {
     n: usize,
     bare_kept_ms: f64,
     pass_kept_ms: f64,
-    pair_ratio: f64,
     bare_cpu_ms: f64,
     pass_cpu_ms: f64,
-    source_ratio: f64,
-    /// Source and render: the collection, without encoding a page.
-    collection_ratio: f64,
+    ratios: Ratios,
     bare_dialled_ms: f64,
     first_pass_ms: f64,
     kubevirt_scrape_ms: f64,
@@ -207,6 +209,58 @@ struct Row {
     sidecar_memory: Memory,
     component_scrapes: f64,
     complement_collections: f64,
+}
+
+/// The 1.2x the issue sets for a collection against its bare calls.
+const TARGET: f64 = 1.2;
+
+/// Our pass against the bare calls, one value per back-to-back pair: the pairs share their
+/// moment's load, so their ratios vary less than the two sides' own times.
+#[derive(Default)]
+struct PairRatios {
+    whole: Vec<f64>,
+    /// Source and render: the collection, without encoding a page.
+    collection: Vec<f64>,
+    source: Vec<f64>,
+    cpu: Vec<f64>,
+    collection_cpu: Vec<f64>,
+}
+
+impl PairRatios {
+    /// One pair: `bare` the bare calls, `ours` our pass, `parts` its split (last entry).
+    fn push(&mut self, bare: &Sample, ours: &Sample, parts: &Parts) {
+        let (bare_ms, source_ms, render_ms) =
+            (bare.wall[0], last(&parts.source), last(&parts.render));
+        self.whole.push(ours.wall[0] / bare_ms);
+        self.collection.push((source_ms + render_ms) / bare_ms);
+        self.source.push(source_ms / bare_ms);
+        self.cpu.push(ours.cpu[0] / bare.cpu[0]);
+        self.collection_cpu
+            .push((ours.cpu[0] - last(&parts.encode_cpu)) / bare.cpu[0]);
+    }
+
+    fn estimate(&self) -> Ratios {
+        Ratios {
+            whole: Estimate::of(&self.whole),
+            collection: Estimate::of(&self.collection),
+            source: Estimate::of(&self.source),
+            cpu: Estimate::of(&self.cpu),
+            collection_cpu: Estimate::of(&self.collection_cpu),
+        }
+    }
+}
+
+fn last(xs: &[f64]) -> f64 {
+    xs.last().copied().unwrap_or(f64::NAN)
+}
+
+#[derive(Clone, Copy)]
+struct Ratios {
+    whole: Estimate,
+    collection: Estimate,
+    source: Estimate,
+    cpu: Estimate,
+    collection_cpu: Estimate,
 }
 
 /// A running `kv-domainstats serve` with N launchers and KubeVirt's handler `/metrics`.
@@ -318,6 +372,8 @@ struct Parts {
     source: Vec<f64>,
     render: Vec<f64>,
     encode: Vec<f64>,
+    /// CPU of the encoding (the process', as [`Sample`]'s), to tell the collection's apart.
+    encode_cpu: Vec<f64>,
     bytes: usize,
     /// Where the passes publish their families, as the sidecar does.
     published: Published,
@@ -341,13 +397,14 @@ async fn our_pass(source: &LauncherSource, n: usize, parts: &mut Parts) {
         ));
     }
     let families = families::render(&report.vmis, &[]);
-    let t2 = Instant::now();
+    let (t2, cpu2) = (Instant::now(), self_cpu());
     parts.published.publish(families);
     let page = parts.published.snapshot().body(Format::Text, false).await;
     parts.bytes = page.unwrap_or_else(|e| fail(&e.to_string())).len();
     parts.source.push(ms(t1 - t0));
     parts.render.push(ms(t2 - t1));
     parts.encode.push(ms(t2.elapsed()));
+    parts.encode_cpu.push(ms(self_cpu() - cpu2));
 }
 
 async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
@@ -413,10 +470,12 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
         ..Parts::default()
     };
     let (mut bare_kept, mut pass_kept) = (Sample::default(), Sample::default());
-    let mut pair_ratios = Vec::new();
-    let mut source_ratios = Vec::new();
-    let mut collection_ratios = Vec::new();
-    for i in 0..args.iterations {
+    let mut pairs = PairRatios::default();
+    let started = Instant::now();
+    let mut i = 0;
+    while i < args.iterations
+        || (started.elapsed().as_secs_f64() < args.pair_seconds && i < 50 * args.iterations)
+    {
         let (mut a, mut b) = (Sample::default(), Sample::default());
         if i % 2 == 0 {
             a.measure(peer_pid, bare_calls_kept(&clients)).await;
@@ -428,20 +487,15 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
             a.measure(peer_pid, bare_calls_kept(&clients)).await;
         }
         tokio::time::sleep(PAUSE).await;
-        pair_ratios.push(b.wall[0] / a.wall[0]);
-        let (source_ms, render_ms) = (
-            parts.source[parts.source.len() - 1],
-            parts.render[parts.render.len() - 1],
-        );
-        source_ratios.push(source_ms / a.wall[0]);
-        collection_ratios.push((source_ms + render_ms) / a.wall[0]);
+        pairs.push(&a, &b, &parts);
         bare_kept.extend(a);
         pass_kept.extend(b);
+        i += 1;
     }
     drop(clients);
     drop(ours);
     let bytes = parts.bytes;
-    let pair_ratio = median(&pair_ratios);
+    let ratios = pairs.estimate();
     println!(
         "bare calls, kept conns     median {:8.2} ms  p90 {:8.2}  cpu {:7.2} ms/pass  (launchers' cpu {:7.2})",
         median(&bare_kept.wall),
@@ -463,12 +517,15 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
         median(&parts.encode)
     );
     println!(
-        "  ratio our pass / bare calls: {:.2} (median of {} back-to-back pairs; of medians {:.2});  collection (source + render, no encoding) / bare calls {:.2};  source alone / bare calls {:.2};  cpu {:.2}",
-        pair_ratio,
-        pair_ratios.len(),
+        "  ratios to the bare calls, median of {} back-to-back pairs [95% bootstrap interval]: our pass {};  \
+         collection (source + render, no encoding) {};  source alone {};  cpu {}, of the collection {}  (ratio of the medians: our pass {:.2}, cpu {:.2})",
+        pairs.whole.len(),
+        ratios.whole,
+        ratios.collection,
+        ratios.source,
+        ratios.cpu,
+        ratios.collection_cpu,
         median(&pass_kept.wall) / median(&bare_kept.wall),
-        median(&collection_ratios),
-        median(&source_ratios),
         median(&pass_kept.cpu) / median(&bare_kept.cpu)
     );
     println!("  decoding the {n} GetDomainStats JSON payloads alone (no I/O): {decode_ms:.2} ms");
@@ -482,11 +539,9 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
             n,
             bare_kept_ms: median(&bare_kept.wall),
             pass_kept_ms: median(&pass_kept.wall),
-            pair_ratio,
             bare_cpu_ms: median(&bare_kept.cpu),
             pass_cpu_ms: median(&pass_kept.cpu),
-            source_ratio: median(&source_ratios),
-            collection_ratio: median(&collection_ratios),
+            ratios,
             bare_dialled_ms: f64::NAN,
             first_pass_ms: f64::NAN,
             kubevirt_scrape_ms: f64::NAN,
@@ -600,11 +655,9 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
         n,
         bare_kept_ms: median(&bare_kept.wall),
         pass_kept_ms: median(&pass_kept.wall),
-        pair_ratio,
         bare_cpu_ms: median(&bare_kept.cpu),
         pass_cpu_ms: median(&pass_kept.cpu),
-        source_ratio: median(&source_ratios),
-        collection_ratio: median(&collection_ratios),
+        ratios,
         bare_dialled_ms: median(&bare_dialled.wall),
         first_pass_ms: median(&first_pass.wall),
         kubevirt_scrape_ms: median(&kubevirt.wall),
@@ -697,9 +750,9 @@ fn print_summary(rows: &[Row], growth: &[(f64, Memory)]) {
             r.n,
             r.bare_kept_ms,
             r.pass_kept_ms,
-            r.pair_ratio,
-            r.collection_ratio,
-            r.source_ratio,
+            r.ratios.whole.median,
+            r.ratios.collection.median,
+            r.ratios.source.median,
             r.bare_cpu_ms,
             r.pass_cpu_ms,
             r.bare_dialled_ms,
@@ -713,6 +766,27 @@ fn print_summary(rows: &[Row], growth: &[(f64, Memory)]) {
             r.sidecar_memory.anon,
             r.component_scrapes,
             r.complement_collections,
+        );
+    }
+    println!(
+        "\nratios to the bare calls at each N, median of back-to-back pairs [95% bootstrap interval], against the 1.2x target"
+    );
+    for r in rows {
+        let Ratios {
+            whole,
+            collection,
+            source,
+            cpu,
+            collection_cpu,
+        } = r.ratios;
+        println!(
+            "{:>5} | time: our pass {whole} {:<9} collection {collection} {:<9} source {source} {:<9} | cpu: our pass {cpu} {:<9} collection {collection_cpu} {}",
+            r.n,
+            whole.against(TARGET),
+            collection.against(TARGET),
+            source.against(TARGET),
+            cpu.against(TARGET),
+            collection_cpu.against(TARGET),
         );
     }
     if growth.len() >= 2 {

@@ -35,6 +35,67 @@ pub fn median(xs: &[f64]) -> f64 {
     quantile(xs, 0.5)
 }
 
+/// A median with its 95% bootstrap interval: how far the median of these samples could
+/// be from the true one, so that a ratio near a target is read as met, missed or not yet
+/// decided instead of by one number that moves ±0.05 between runs on a shared VM.
+#[derive(Debug, Clone, Copy)]
+pub struct Estimate {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Estimate {
+    /// Percentile bootstrap, 2,000 resamples; a fixed seed, so that the same samples always
+    /// print the same interval.
+    pub fn of(xs: &[f64]) -> Self {
+        const RESAMPLES: usize = 2_000;
+        if xs.is_empty() {
+            return Self::unknown();
+        }
+        let mut rng = fastrand::Rng::with_seed(0x6b76_6d73);
+        let mut resample = vec![0.0; xs.len()];
+        let mut medians = Vec::with_capacity(RESAMPLES);
+        for _ in 0..RESAMPLES {
+            for slot in &mut resample {
+                *slot = xs[rng.usize(..xs.len())];
+            }
+            medians.push(median(&resample));
+        }
+        Self {
+            median: median(xs),
+            low: quantile(&medians, 0.025),
+            high: quantile(&medians, 0.975),
+        }
+    }
+
+    pub fn unknown() -> Self {
+        Self {
+            median: f64::NAN,
+            low: f64::NAN,
+            high: f64::NAN,
+        }
+    }
+
+    /// Whether the whole interval is at or under `limit` (`met`), above it (`missed`), or
+    /// holds it (`undecided`: more samples, or a quieter machine, would tell).
+    pub fn against(&self, limit: f64) -> &'static str {
+        if self.high <= limit {
+            "met"
+        } else if self.low > limit {
+            "missed"
+        } else {
+            "undecided"
+        }
+    }
+}
+
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} [{:.2}, {:.2}]", self.median, self.low, self.high)
+    }
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
