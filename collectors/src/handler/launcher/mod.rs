@@ -22,13 +22,12 @@ pub mod payload;
 pub mod proto;
 pub mod socket;
 
-use std::ffi::OsStr;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt};
@@ -145,9 +144,11 @@ impl LauncherSource {
         let fetched = self.fetch_all(&jobs, deadline).await;
         let identities = self
             .identities
-            .of(jobs.iter().map(|(vmi, _)| vmi), &self.settings.node_name);
+            .of(jobs.iter().map(|job| &job.vmi), &self.settings.node_name);
         report.vmis.reserve(jobs.len());
-        for (((vmi, socket), fetched), identity) in jobs.iter().zip(fetched).zip(identities) {
+        for ((Job { vmi, socket, .. }, fetched), identity) in
+            jobs.iter().zip(fetched).zip(identities)
+        {
             let outcome = match fetched {
                 None => Outcome::problem(problem(vmi, "timeout", "the pass deadline came first")),
                 Some(Ok(Fetched::Failed(failure))) => Outcome::problem(failure),
@@ -168,17 +169,24 @@ impl LauncherSource {
         report
     }
 
-    /// The VMIs that have a launcher socket to ask, with it; and the kept connections of
-    /// the others dropped. A running VMI without a socket is a problem.
+    /// The VMIs that have a launcher socket to ask, with it and its kept connection; and
+    /// the kept connections of the others dropped. A running VMI without a socket is a
+    /// problem.
     fn locate(
         &self,
         vmis: Vec<Arc<VirtualMachineInstance>>,
         problems: &mut Vec<Problem>,
-    ) -> Vec<(Arc<VirtualMachineInstance>, PathBuf)> {
+    ) -> Vec<Job> {
+        let pass = self.pool.begin_pass();
         let mut jobs = Vec::with_capacity(vmis.len());
         for vmi in vmis {
-            match self.find_socket(&vmi) {
-                Ok(socket) => jobs.push((vmi, socket)),
+            match self.find_socket(&vmi, pass) {
+                Ok((socket, client)) => jobs.push(Job {
+                    vmi,
+                    socket,
+                    client,
+                    pass,
+                }),
                 Err(err) => {
                     // A VMI that is not running yet (or any more) has no launcher to ask;
                     // virt-handler skips it silently, and so do we.
@@ -190,8 +198,7 @@ impl LauncherSource {
                 }
             }
         }
-        let live_sockets: HashSet<&OsStr> = jobs.iter().map(|(_, s)| s.as_os_str()).collect();
-        self.pool.retain(&live_sockets);
+        self.pool.keep_used_since(pass);
         jobs
     }
 
@@ -204,7 +211,7 @@ impl LauncherSource {
     /// evicted by theirs.
     async fn fetch_all(
         &self,
-        jobs: &[(Arc<VirtualMachineInstance>, PathBuf)],
+        jobs: &[Job],
         deadline: Instant,
     ) -> Vec<Option<std::thread::Result<Fetched>>> {
         let cutoff = vmi_cutoff(deadline);
@@ -239,11 +246,11 @@ impl LauncherSource {
     fn ask<'a>(
         &'a self,
         i: usize,
-        (vmi, socket): &'a (Arc<VirtualMachineInstance>, PathBuf),
+        job: &'a Job,
         cutoff: Instant,
     ) -> impl Future<Output = (usize, std::thread::Result<Fetched>)> + 'a {
         let vmi_deadline = cutoff.min(Instant::now() + self.settings.vmi_timeout);
-        AssertUnwindSafe(self.fetch(vmi, socket, vmi_deadline))
+        AssertUnwindSafe(self.fetch(job, vmi_deadline))
             .catch_unwind()
             .map(move |outcome| (i, outcome))
     }
@@ -253,29 +260,41 @@ impl LauncherSource {
     /// unresponsive marker: a hung call or a transport failure drops the connection, after
     /// which both are looked for again. This saves the lookups in the kubelet's deep
     /// directories for every VMI whose launcher answers.
-    fn find_socket(&self, vmi: &VirtualMachineInstance) -> Result<PathBuf, SocketError> {
+    fn find_socket(
+        &self,
+        vmi: &VirtualMachineInstance,
+        pass: u64,
+    ) -> Result<(PathBuf, Option<LauncherClient>), SocketError> {
         let settings = &self.settings;
         socket::find_socket(
             &settings.pods_dir,
             &settings.node_name,
             vmi.active_pods(),
-            |socket| self.pool.contains(socket),
+            |socket| self.pool.kept(socket, pass),
         )
     }
 
     /// Everything one VMI's launcher has to say, by `deadline`, as it said it.
-    async fn fetch(
-        &self,
-        vmi: &VirtualMachineInstance,
-        socket: &Path,
-        deadline: Instant,
-    ) -> Fetched {
+    async fn fetch(&self, job: &Job, deadline: Instant) -> Fetched {
+        let Job {
+            vmi,
+            socket,
+            client,
+            pass,
+        } = job;
         if deadline <= Instant::now() {
             return Fetched::Failed(problem(vmi, "timeout", "no time left in the pass to ask"));
         }
-        let client = match self.pool.get(socket, self.settings.rpc, deadline).await {
-            Ok(client) => client,
-            Err(err) => return Fetched::Failed(problem(vmi, err.kind(), &err)),
+        let client = match client {
+            Some(kept) => kept.clone(),
+            None => match self
+                .pool
+                .connect(socket, self.settings.rpc, deadline, *pass)
+                .await
+            {
+                Ok(client) => client,
+                Err(err) => return Fetched::Failed(problem(vmi, err.kind(), &err)),
+            },
         };
         let dirty_rate_wanted = vmi.dirty_rate_eligible();
         let (stats, filesystems, dirty_rate) = tokio::join!(
@@ -439,6 +458,16 @@ enum Fetched {
     /// It could not be asked (no time left, no connection): nothing to decode.
     Failed(Problem),
     Replies(Replies),
+}
+
+/// One VMI to ask this pass.
+struct Job {
+    vmi: Arc<VirtualMachineInstance>,
+    socket: PathBuf,
+    /// The kept connection to its launcher; `None` dials.
+    client: Option<LauncherClient>,
+    /// The pass's mark on the connections it uses.
+    pass: u64,
 }
 
 struct Replies {

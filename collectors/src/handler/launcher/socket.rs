@@ -64,31 +64,32 @@ pub fn socket_path(pods_dir: &Path, pod_uid: &str) -> PathBuf {
 /// in virt-handler) among `active_pods` (pod UID, node name), unless virt-handler marked
 /// it unresponsive.
 ///
-/// `connected(socket)` says that a connection to that launcher is kept. When the VMI has
-/// one pod here and we are connected to its launcher, nothing is looked up: the socket
+/// `connection(socket)` is the kept connection to that launcher, if any, and comes back
+/// with the socket. When the VMI has one pod here and we are connected to its launcher,
+/// nothing is looked up: the socket
 /// path names the pod by its UID, so the connection is to this very launcher, and when
 /// the launcher goes the connection breaks, the call fails, the connection is dropped and
 /// the next pass looks again. (A lookup walks the kubelet's deep directories, per VMI per
 /// pass.) With a second pod here (a same-node migration) every socket is looked for, as
 /// virt-handler does. The marker is looked at only when not connected: it says that
 /// virt-handler could not reach the launcher, and a kept connection says otherwise.
-pub fn find_socket<'a>(
+pub fn find_socket<'a, C>(
     pods_dir: &Path,
     node: &str,
     active_pods: impl IntoIterator<Item = (&'a str, &'a str)>,
-    connected: impl Fn(&Path) -> bool,
-) -> Result<PathBuf, SocketError> {
+    mut connection: impl FnMut(&Path) -> Option<C>,
+) -> Result<(PathBuf, Option<C>), SocketError> {
     let mut candidates = candidate_sockets(pods_dir, node, active_pods);
     if let [only] = candidates.as_slice()
-        && connected(only)
+        && let Some(kept) = connection(only)
     {
-        return Ok(candidates.swap_remove(0));
+        return Ok((candidates.swap_remove(0), Some(kept)));
     }
     let socket = locate_socket(node, candidates)?;
-    if connected(&socket) || !is_marked_unresponsive(&socket) {
-        Ok(socket)
-    } else {
-        Err(SocketError::Unresponsive { socket })
+    match connection(&socket) {
+        Some(kept) => Ok((socket, Some(kept))),
+        None if is_marked_unresponsive(&socket) => Err(SocketError::Unresponsive { socket }),
+        None => Ok((socket, None)),
     }
 }
 
@@ -178,8 +179,8 @@ mod tests {
         socket
     }
 
-    fn not_connected(_: &Path) -> bool {
-        false
+    fn not_connected(_: &Path) -> Option<()> {
+        None
     }
 
     #[test]
@@ -202,7 +203,7 @@ mod tests {
             not_connected,
         )
         .unwrap();
-        assert_eq!(found, here);
+        assert_eq!(found, (here, None));
     }
 
     #[test]
@@ -239,9 +240,9 @@ mod tests {
             find_socket(pods.path(), "node-a", [("aaaa", "node-a")], not_connected).unwrap_err();
         assert_eq!(err.kind(), "unresponsive");
         // A kept connection to the launcher says more than the marker.
-        let connected = |found: &Path| found == socket;
+        let connected = |found: &Path| (found == socket).then_some(());
         let found = find_socket(pods.path(), "node-a", [("aaaa", "node-a")], connected).unwrap();
-        assert_eq!(found, socket);
+        assert_eq!(found, (socket, Some(())));
     }
 
     #[test]
@@ -249,7 +250,7 @@ mod tests {
         let pods = tempfile::tempdir().unwrap();
         // No socket file at all: only the connection speaks for the launcher.
         let socket = socket_path(pods.path(), "aaaa");
-        let connected = |found: &Path| found == socket;
+        let connected = |found: &Path| (found == socket).then_some(());
         let found = find_socket(
             pods.path(),
             "node-a",
@@ -257,18 +258,18 @@ mod tests {
             connected,
         )
         .unwrap();
-        assert_eq!(found, socket);
+        assert_eq!(found, (socket, Some(())));
     }
 
     #[test]
     fn a_second_pod_here_is_looked_for_even_when_connected() {
         let pods = tempfile::tempdir().unwrap();
         let socket = make_socket(pods.path(), "aaaa");
-        let connected = |found: &Path| found == socket;
+        let connected = |found: &Path| (found == socket).then_some(());
         let pods_here = [("aaaa", "node-a"), ("bbbb", "node-a")];
         // The migration target has no socket yet: the kept one is the one.
         let found = find_socket(pods.path(), "node-a", pods_here, connected).unwrap();
-        assert_eq!(found, socket);
+        assert_eq!(found, (socket.clone(), Some(())));
         // Both launchers listen: refuse to guess, as virt-handler does.
         make_socket(pods.path(), "bbbb");
         let err = find_socket(pods.path(), "node-a", pods_here, connected).unwrap_err();
