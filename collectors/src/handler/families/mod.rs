@@ -48,6 +48,7 @@
 mod migration;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt as _};
 
@@ -58,8 +59,8 @@ use crate::core::metric::{
     Family, LabelName, LabelValue, Labels, MetricType, Sample, series_order,
 };
 use crate::handler::stats::{
-    BlockStats, DomainStats, Filesystem, MemoryStats, MigrationJobInfo, NetStats, VcpuState,
-    VmiIdentity, VmiStats,
+    BlockStats, DeviceLabels, DomainStats, Filesystem, MemoryStats, MigrationJobInfo, NetStats,
+    VcpuState, VmiIdentity, VmiStats,
 };
 
 /// A family this module produces: everything but its samples.
@@ -570,15 +571,32 @@ fn order_and_dedup(family: &mut Family) {
     }
 }
 
-/// The identity labels of one VMI, shared by all its series.
-struct VmiLabels {
+/// The identity labels of one VMI, shared by all its series; and its devices' labels,
+/// reused from the last pass when a device asks for the same ones in the same turn.
+struct VmiLabels<'a> {
+    vmi: &'a VmiIdentity,
     base: Labels,
+    /// Whether the identity outlives this pass (a source that keeps it holds it too), so
+    /// that keeping labels in it can pay.
+    kept: bool,
+    devices: Vec<DeviceLabels>,
+    /// How many devices' labels this pass has asked for so far.
+    asked: usize,
 }
 
-impl VmiLabels {
-    fn new(vmi: &VmiIdentity) -> Self {
+impl<'a> VmiLabels<'a> {
+    fn new(vmi: &'a Arc<VmiIdentity>) -> Self {
+        let kept = Arc::strong_count(vmi) > 1;
         Self {
+            vmi,
             base: vmi.series_labels.get_or_init(|| Self::build(vmi)).clone(),
+            kept,
+            devices: if kept {
+                vmi.series_labels.take_devices()
+            } else {
+                Vec::new()
+            },
+            asked: 0,
         }
     }
 
@@ -607,9 +625,37 @@ impl VmiLabels {
         self.base.clone()
     }
 
+    /// The identity labels and `extra` ([`Self::build_with`]); the last pass's when it asked
+    /// for the same at this turn.
+    fn with(&mut self, extra: &[(&'static str, &str)]) -> Labels {
+        if !self.kept {
+            return self.build_with(extra);
+        }
+        let turn = self.asked;
+        self.asked += 1;
+        if let Some(kept) = self.devices.get(turn)
+            && kept.built_with(extra)
+        {
+            return kept.labels.clone();
+        }
+        let labels = self.build_with(extra);
+        let built = DeviceLabels {
+            extra: extra
+                .iter()
+                .map(|&(name, value)| (name, value.into()))
+                .collect(),
+            labels: labels.clone(),
+        };
+        match self.devices.get_mut(turn) {
+            Some(slot) => *slot = built,
+            None => self.devices.push(built),
+        }
+        labels
+    }
+
     /// The identity labels and `extra`, finished as [`finish_labels`] would: each extra label
     /// with a value goes into its place by name in the already finished base.
-    fn with(&self, extra: &[(&'static str, &str)]) -> Labels {
+    fn build_with(&self, extra: &[(&'static str, &str)]) -> Labels {
         let mut labels = Vec::with_capacity(self.base.len() + extra.len());
         labels.extend_from_slice(&self.base);
         for (name, value) in extra.iter().filter(|(_, value)| !value.is_empty()) {
@@ -617,6 +663,19 @@ impl VmiLabels {
             labels.insert(at, (label(name), LabelValue::from(*value)));
         }
         labels.into()
+    }
+}
+
+impl Drop for VmiLabels<'_> {
+    /// Keeps what this pass asked for, and no more: the labels of a device gone stay no
+    /// longer than one pass.
+    fn drop(&mut self) {
+        if !self.kept {
+            return;
+        }
+        let mut devices = std::mem::take(&mut self.devices);
+        devices.truncate(self.asked);
+        self.vmi.series_labels.put_devices(devices);
     }
 }
 
@@ -636,24 +695,24 @@ fn count(value: u64) -> f64 {
 }
 
 fn render_vmi(out: &mut Builder, stats: &VmiStats) {
-    let labels = VmiLabels::new(&stats.vmi);
+    let mut labels = VmiLabels::new(&stats.vmi);
     let domain = &stats.domain;
     if let Some(memory) = &domain.memory {
         render_memory(out, &labels, memory);
     }
     render_cpu_and_load(out, &labels, domain);
-    render_vcpus(out, &labels, domain);
+    render_vcpus(out, &mut labels, domain);
     for block in &domain.blocks {
-        render_block(out, &labels, block);
+        render_block(out, &mut labels, block);
     }
     for net in &domain.nets {
-        render_net(out, &labels, net);
+        render_net(out, &mut labels, net);
     }
     if let Some(cpu_map) = &domain.cpu_map {
         let pinned = cpu_map.iter().flatten().filter(|pinned| **pinned).count();
         out.push(&NODE_CPU_AFFINITY, labels.plain(), pinned as f64, None);
     }
-    render_filesystems(out, &labels, &stats.filesystems);
+    render_filesystems(out, &mut labels, &stats.filesystems);
     if let Some(mbs) = stats.dirty_rate_mbs {
         // int64 arithmetic first, as KubeVirt does.
         let bytes = mbs.wrapping_mul(1024 * 1024);
@@ -707,7 +766,7 @@ fn render_cpu_and_load(out: &mut Builder, labels: &VmiLabels, domain: &DomainSta
     }
 }
 
-fn render_vcpus(out: &mut Builder, labels: &VmiLabels, domain: &DomainStats) {
+fn render_vcpus(out: &mut Builder, labels: &mut VmiLabels, domain: &DomainStats) {
     for (index, vcpu) in domain.vcpus.iter().enumerate() {
         let id = index.to_string();
         if let Some(time) = vcpu.time {
@@ -733,7 +792,7 @@ fn render_vcpus(out: &mut Builder, labels: &VmiLabels, domain: &DomainStats) {
     }
 }
 
-fn render_block(out: &mut Builder, labels: &VmiLabels, block: &BlockStats) {
+fn render_block(out: &mut Builder, labels: &mut VmiLabels, block: &BlockStats) {
     let Some(name) = &block.name else {
         return;
     };
@@ -759,7 +818,7 @@ fn render_block(out: &mut Builder, labels: &VmiLabels, block: &BlockStats) {
     }
 }
 
-fn render_net(out: &mut Builder, labels: &VmiLabels, net: &NetStats) {
+fn render_net(out: &mut Builder, labels: &mut VmiLabels, net: &NetStats) {
     let Some(name) = &net.name else {
         return;
     };
@@ -789,7 +848,7 @@ fn render_net(out: &mut Builder, labels: &VmiLabels, net: &NetStats) {
     }
 }
 
-fn render_filesystems(out: &mut Builder, labels: &VmiLabels, filesystems: &[Filesystem]) {
+fn render_filesystems(out: &mut Builder, labels: &mut VmiLabels, filesystems: &[Filesystem]) {
     let mut seen = std::collections::HashSet::new();
     for fs in filesystems {
         let key = format!("{}{}{}", fs.disk_name, fs.mount_point, fs.file_system_type);

@@ -598,3 +598,77 @@ fn flags_catalog_lists_exactly_these_families() {
         defined.as_slice()
     );
 }
+
+/// A source that keeps a VMI's identity across passes (the launcher source does) gets its
+/// devices' labels back from the pass before, but only for a device that asks for the same
+/// ones: whatever the devices do between passes, each pass renders exactly as a fresh
+/// identity would.
+#[test]
+fn device_labels_kept_between_passes_render_as_a_fresh_identity_does() {
+    let kept = Arc::new(identity(&[("app", "db")]));
+    let _held_by_the_source = Arc::clone(&kept);
+    let disks = |aliases: &[&str]| -> Vec<BlockStats> {
+        aliases
+            .iter()
+            .map(|alias| BlockStats {
+                name: Some(format!("vd-{alias}")),
+                alias: Some((*alias).to_owned()),
+                rd_reqs: Some(alias.len() as u64),
+                ..BlockStats::default()
+            })
+            .collect()
+    };
+    let pass = |vmi: &Arc<VmiIdentity>, aliases: &[&str]| {
+        let vcpus = (0..aliases.len())
+            .map(|_| VcpuStats {
+                state: Some(VcpuState::Running),
+                time: Some(7),
+                ..VcpuStats::default()
+            })
+            .collect();
+        let stats = VmiStats {
+            vmi: Arc::clone(vmi),
+            ..vmi_stats(DomainStats {
+                blocks: disks(aliases),
+                vcpus,
+                ..DomainStats::default()
+            })
+        };
+        render(&[stats], &[])
+    };
+    type Shown = Vec<(String, Vec<(Vec<(String, String)>, f64)>)>;
+    let shown = |families: &[Family]| -> Shown {
+        families
+            .iter()
+            .map(|f| {
+                let samples = f.samples.iter().map(|s| (label_pairs(s), s.value));
+                (f.name.to_string(), samples.collect())
+            })
+            .collect()
+    };
+    let turns: [&[&str]; 6] = [
+        &["root", "data"],
+        &["root", "data"],
+        &["data", "root"],
+        &["root"],
+        &["root", "data", "logs"],
+        &[],
+    ];
+    for aliases in turns {
+        let fresh = pass(&Arc::new(identity(&[("app", "db")])), aliases);
+        assert_eq!(shown(&pass(&kept, aliases)), shown(&fresh), "{aliases:?}");
+    }
+
+    // The same devices twice: the second pass holds the first one's label sets.
+    let addresses = |families: &[Family]| -> Vec<Option<usize>> {
+        family(families, "kubevirt_vmi_storage_iops_read_total")
+            .samples
+            .iter()
+            .map(|s| s.labels.shared_address())
+            .collect()
+    };
+    let first = pass(&kept, &["root", "data"]);
+    let second = pass(&kept, &["root", "data"]);
+    assert!(addresses(&first).iter().all(Option::is_some));
+    assert_eq!(addresses(&first), addresses(&second));
+}
