@@ -285,14 +285,18 @@ impl LauncherSource {
         if deadline <= Instant::now() {
             return Fetched::Failed(problem(vmi, "timeout", "no time left in the pass to ask"));
         }
+        let dialled;
         let client = match client {
-            Some(kept) => kept.clone(),
+            Some(kept) => kept,
             None => match self
                 .pool
                 .connect(socket, self.settings.rpc, deadline, *pass)
                 .await
             {
-                Ok(client) => client,
+                Ok(client) => {
+                    dialled = client;
+                    &dialled
+                }
                 Err(err) => return Fetched::Failed(problem(vmi, err.kind(), &err)),
             },
         };
