@@ -284,8 +284,8 @@ pub fn highest_compatible(offered: &[u32], supported: &[u32]) -> Option<u32> {
 /// A pass looks each VMI's socket up once ([`ClientPool::kept`]), which also marks the
 /// connection as in use by that pass; the connections no pass has used since are then
 /// dropped by their mark ([`ClientPool::keep_used_since`]), without hashing every path again.
-/// (Paths are about 110 bytes: four hash-and-compare lookups per VMI per pass, as before,
-/// measured about 1 µs per VMI.)
+/// (Socket paths are about 110 bytes; four hash-and-compare lookups of them per VMI per
+/// pass measured about 1 µs per VMI.)
 #[derive(Debug, Default)]
 pub struct ClientPool {
     clients: Mutex<HashMap<OsString, Kept>>,

@@ -66,10 +66,9 @@ pub fn socket_path(pods_dir: &Path, pod_uid: &str) -> PathBuf {
 ///
 /// `connection(socket)` is the kept connection to that launcher, if any, and comes back
 /// with the socket. When the VMI has one pod here and we are connected to its launcher,
-/// nothing is looked up: the socket
-/// path names the pod by its UID, so the connection is to this very launcher, and when
-/// the launcher goes the connection breaks, the call fails, the connection is dropped and
-/// the next pass looks again. (A lookup walks the kubelet's deep directories, per VMI per
+/// nothing is looked up: the socket path names the pod by its UID, so the connection is to
+/// this very launcher, and when the launcher goes the connection breaks, the call fails,
+/// the connection is dropped and the next pass looks again. (A lookup walks the kubelet's deep directories, per VMI per
 /// pass.) With a second pod here (a same-node migration) every socket is looked for, as
 /// virt-handler does. The marker is looked at only when not connected: it says that
 /// virt-handler could not reach the launcher, and a kept connection says otherwise.
