@@ -16,6 +16,7 @@ pub mod launcher_fixture;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut};
 use kubevirt_metrics_collectors::handler::launcher::socket;
@@ -31,6 +32,9 @@ pub enum Reply<T> {
     InBandFailure(String),
     /// A gRPC error status, as newer launchers do.
     Status(tonic::Code, String),
+    /// Answers with the value after a while, as the real dirty-rate call does after
+    /// sampling for a second.
+    Late(Duration, T),
     /// Never answers.
     Hang,
 }
@@ -340,6 +344,14 @@ async fn reply<T>(
         )),
         Reply::InBandFailure(message) => Ok(encode(protocol, output, &[response(false, message)])),
         Reply::Status(code, message) => Err(Status::new(*code, message.clone())),
+        Reply::Late(after, v) => {
+            tokio::time::sleep(*after).await;
+            Ok(encode(
+                protocol,
+                output,
+                &[response(true, ""), (field, value(v))],
+            ))
+        }
         Reply::Hang => std::future::pending().await,
     }
 }

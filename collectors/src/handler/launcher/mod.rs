@@ -33,7 +33,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt};
 use tokio::time::Instant;
 
-pub use client::{ClientError, ClientPool, LauncherClient, RpcTimeouts};
+pub use client::{Answers, ClientError, ClientPool, LauncherClient, RpcTimeouts};
 pub use discovery::{StaticVmis, VmiLister, VmiSnapshot, WatchedVmis};
 pub use socket::SocketError;
 
@@ -300,22 +300,9 @@ impl LauncherSource {
                 Err(err) => return Fetched::Failed(problem(vmi, err.kind(), &err)),
             },
         };
-        let dirty_rate_wanted = vmi.dirty_rate_eligible();
-        let (stats, filesystems, dirty_rate) = tokio::join!(
-            client.domain_stats(deadline),
-            client.filesystems(deadline),
-            async {
-                if dirty_rate_wanted {
-                    Some(client.dirty_rate_mbs(deadline).await)
-                } else {
-                    None
-                }
-            },
-        );
+        let answers = client.scrape(vmi.dirty_rate_eligible(), deadline).await;
         Fetched::Replies(Replies {
-            stats,
-            filesystems,
-            dirty_rate,
+            answers,
             collected_at: SystemTime::now(),
         })
     }
@@ -330,9 +317,12 @@ impl LauncherSource {
         replies: Replies,
     ) -> Outcome {
         let Replies {
-            stats,
-            filesystems,
-            dirty_rate,
+            answers:
+                Answers {
+                    stats,
+                    filesystems,
+                    dirty_rate,
+                },
             collected_at,
         } = replies;
         let mut outcome = Outcome::default();
@@ -475,10 +465,7 @@ struct Job {
 }
 
 struct Replies {
-    stats: Result<Option<String>, ClientError>,
-    filesystems: Result<String, ClientError>,
-    /// `None` when the VMI does not qualify for the call.
-    dirty_rate: Option<Result<i64, ClientError>>,
+    answers: Answers,
     collected_at: SystemTime,
 }
 
