@@ -224,6 +224,7 @@ struct PairRatios {
     source: Vec<f64>,
     cpu: Vec<f64>,
     collection_cpu: Vec<f64>,
+    source_cpu: Vec<f64>,
 }
 
 impl PairRatios {
@@ -237,6 +238,7 @@ impl PairRatios {
         self.cpu.push(ours.cpu[0] / bare.cpu[0]);
         self.collection_cpu
             .push((ours.cpu[0] - last(&parts.encode_cpu)) / bare.cpu[0]);
+        self.source_cpu.push(last(&parts.source_cpu) / bare.cpu[0]);
     }
 
     fn estimate(&self) -> Ratios {
@@ -246,6 +248,7 @@ impl PairRatios {
             source: Estimate::of(&self.source),
             cpu: Estimate::of(&self.cpu),
             collection_cpu: Estimate::of(&self.collection_cpu),
+            source_cpu: Estimate::of(&self.source_cpu),
         }
     }
 }
@@ -261,6 +264,8 @@ struct Ratios {
     source: Estimate,
     cpu: Estimate,
     collection_cpu: Estimate,
+    /// The source's share: the calls and the decoding, without KubeVirt's families.
+    source_cpu: Estimate,
 }
 
 /// A running `kv-domainstats serve` with N launchers and KubeVirt's handler `/metrics`.
@@ -374,6 +379,8 @@ struct Parts {
     encode: Vec<f64>,
     /// CPU of the encoding (the process', as [`Sample`]'s), to tell the collection's apart.
     encode_cpu: Vec<f64>,
+    /// CPU of the source, measured the same way.
+    source_cpu: Vec<f64>,
     bytes: usize,
     /// Where the passes publish their families, as the sidecar does.
     published: Published,
@@ -384,11 +391,11 @@ struct Parts {
 /// page encoded on the blocking pool into the replaced page's buffer). Fails on problems:
 /// a benchmark of a collection that failed measures nothing.
 async fn our_pass(source: &LauncherSource, n: usize, parts: &mut Parts) {
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), self_cpu());
     let report = source
         .collect_pass(tokio::time::Instant::now() + Duration::from_secs(60))
         .await;
-    let t1 = Instant::now();
+    let (t1, cpu1) = (Instant::now(), self_cpu());
     if !report.problems.is_empty() || report.vmis.len() != n {
         fail(&format!(
             "collection: {} VMIs, problems {:?}",
@@ -402,6 +409,7 @@ async fn our_pass(source: &LauncherSource, n: usize, parts: &mut Parts) {
     let page = parts.published.snapshot().body(Format::Text, false).await;
     parts.bytes = page.unwrap_or_else(|e| fail(&e.to_string())).len();
     parts.source.push(ms(t1 - t0));
+    parts.source_cpu.push(ms(cpu1 - cpu0));
     parts.render.push(ms(t2 - t1));
     parts.encode.push(ms(t2.elapsed()));
     parts.encode_cpu.push(ms(self_cpu() - cpu2));
@@ -518,13 +526,14 @@ async fn bench_n(args: &Args, n: usize, soak: bool) -> Row {
     );
     println!(
         "  ratios to the bare calls, median of {} back-to-back pairs [95% bootstrap interval]: our pass {};  \
-         collection (source + render, no encoding) {};  source alone {};  cpu {}, of the collection {}  (ratio of the medians: our pass {:.2}, cpu {:.2})",
+         collection (source + render, no encoding) {};  source alone {};  cpu {}, of the collection {}, of the source alone {}  (ratio of the medians: our pass {:.2}, cpu {:.2})",
         pairs.whole.len(),
         ratios.whole,
         ratios.collection,
         ratios.source,
         ratios.cpu,
         ratios.collection_cpu,
+        ratios.source_cpu,
         median(&pass_kept.wall) / median(&bare_kept.wall),
         median(&pass_kept.cpu) / median(&bare_kept.cpu)
     );
@@ -778,15 +787,17 @@ fn print_summary(rows: &[Row], growth: &[(f64, Memory)]) {
             source,
             cpu,
             collection_cpu,
+            source_cpu,
         } = r.ratios;
         println!(
-            "{:>5} | time: our pass {whole} {:<9} collection {collection} {:<9} source {source} {:<9} | cpu: our pass {cpu} {:<9} collection {collection_cpu} {}",
+            "{:>5} | time: our pass {whole} {:<9} collection {collection} {:<9} source {source} {:<9} | cpu: our pass {cpu} {:<9} collection {collection_cpu} {:<9} source {source_cpu} {}",
             r.n,
             whole.against(TARGET),
             collection.against(TARGET),
             source.against(TARGET),
             cpu.against(TARGET),
             collection_cpu.against(TARGET),
+            source_cpu.against(TARGET),
         );
     }
     if growth.len() >= 2 {
