@@ -283,19 +283,27 @@ async fn the_pass_deadline_wins_over_a_longer_vmi_timeout() {
     assert!(kinds(&report).contains(&("launcher", "timeout", "stuck/vm")));
 }
 
-/// A source whose quick calls time out after 300 ms and the dirty-rate call after 2 s.
-fn source_with_split_timeouts(pods: &Path, vmis: Vec<VirtualMachineInstance>) -> LauncherSource {
+/// One pass over VMI prod/db-1, whose launcher follows `script`, with the quick calls'
+/// timeout at 300 ms and the dirty-rate call's at 2 s; and how long the pass took.
+async fn pass_with_split_timeouts(script: Script) -> (SourceReport, Duration) {
+    let pods = pods_dir();
+    let _db = FakeLauncher::start(pods.path(), POD_DB, script);
     let settings = LauncherSettings {
         rpc: RpcTimeouts {
             connect: Duration::from_secs(2),
             short: Duration::from_millis(300),
             long: Duration::from_secs(2),
         },
-        ..settings(pods, Duration::from_secs(10))
+        ..settings(pods.path(), Duration::from_secs(10))
     };
-    LauncherSource::with_lister(Arc::new(StaticVmis::new(vmis)), settings)
+    let vmis = vec![vmi("prod", "db-1", POD_DB, "Running")];
+    let source = LauncherSource::with_lister(Arc::new(StaticVmis::new(vmis)), settings);
+    let started = Instant::now();
+    let report = pass(&source, Duration::from_secs(10)).await;
+    (report, started.elapsed())
 }
 
+/// The db launcher's captured answers.
 fn db_script() -> Script {
     Script::serving(
         &payload("captured-domainstats-db.json"),
@@ -304,18 +312,21 @@ fn db_script() -> Script {
     )
 }
 
+/// The report's one problem: a timeout of prod/db-1 whose message says `what`.
+fn assert_one_timeout(report: &SourceReport, what: &str) {
+    assert_eq!(kinds(report), [("launcher", "timeout", "prod/db-1")]);
+    let message = &report.problems[0].message;
+    assert!(message.contains(what), "{message}");
+}
+
 #[tokio::test]
 async fn the_dirty_rate_call_has_its_longer_timeout_after_the_quick_calls_are_done() {
     // The real call samples for a second; here it answers after twice the quick timeout.
-    let pods = pods_dir();
     let script = Script {
         dirty_rate_mbs: Reply::Late(Duration::from_millis(600), 7),
         ..db_script()
     };
-    let _db = FakeLauncher::start(pods.path(), POD_DB, script);
-    let source =
-        source_with_split_timeouts(pods.path(), vec![vmi("prod", "db-1", POD_DB, "Running")]);
-    let report = pass(&source, Duration::from_secs(10)).await;
+    let (report, _) = pass_with_split_timeouts(script).await;
     assert_eq!(kinds(&report), []);
     assert_eq!(report.vmis[0].dirty_rate_mbs, Some(7));
     assert!(!report.vmis[0].filesystems.is_empty());
@@ -323,47 +334,28 @@ async fn the_dirty_rate_call_has_its_longer_timeout_after_the_quick_calls_are_do
 
 #[tokio::test]
 async fn a_hung_quick_call_times_out_on_its_own_timeout_and_the_dirty_rate_still_lands() {
-    let pods = pods_dir();
     let script = Script {
         domain_stats: Reply::Hang,
         dirty_rate_mbs: Reply::Late(Duration::from_millis(600), 7),
         ..db_script()
     };
-    let _db = FakeLauncher::start(pods.path(), POD_DB, script);
-    let source =
-        source_with_split_timeouts(pods.path(), vec![vmi("prod", "db-1", POD_DB, "Running")]);
-    let started = Instant::now();
-    let report = pass(&source, Duration::from_secs(10)).await;
-    let took = started.elapsed();
+    let (report, took) = pass_with_split_timeouts(script).await;
     assert!(
         took < Duration::from_secs(2),
         "the pass waited {took:?} for the late reply's timeout"
     );
-    assert_eq!(kinds(&report), [("launcher", "timeout", "prod/db-1")]);
-    assert!(
-        report.problems[0]
-            .message
-            .contains("GetDomainStats timed out after 300ms"),
-        "{}",
-        report.problems[0].message
-    );
+    assert_one_timeout(&report, "GetDomainStats timed out after 300ms");
     // Virt-handler's dirty-rate collector is its own: it survives a failed GetDomainStats.
     assert_eq!(report.vmis[0].dirty_rate_mbs, Some(7));
 }
 
 #[tokio::test]
 async fn a_dirty_rate_call_past_its_longer_timeout_times_out_alone() {
-    let pods = pods_dir();
     let script = Script {
         dirty_rate_mbs: Reply::Hang,
         ..db_script()
     };
-    let _db = FakeLauncher::start(pods.path(), POD_DB, script);
-    let source =
-        source_with_split_timeouts(pods.path(), vec![vmi("prod", "db-1", POD_DB, "Running")]);
-    let started = Instant::now();
-    let report = pass(&source, Duration::from_secs(10)).await;
-    let took = started.elapsed();
+    let (report, took) = pass_with_split_timeouts(script).await;
     assert!(
         took >= Duration::from_secs(2),
         "the dirty rate had only {took:?}"
@@ -372,14 +364,7 @@ async fn a_dirty_rate_call_past_its_longer_timeout_times_out_alone() {
         took <= Duration::from_secs(2) + SCHEDULING_SLACK,
         "the pass took {took:?}"
     );
-    assert_eq!(kinds(&report), [("launcher", "timeout", "prod/db-1")]);
-    assert!(
-        report.problems[0]
-            .message
-            .contains("GetDomainDirtyRateStats timed out after 2s"),
-        "{}",
-        report.problems[0].message
-    );
+    assert_one_timeout(&report, "GetDomainDirtyRateStats timed out after 2s");
     assert_eq!(report.vmis[0].dirty_rate_mbs, None);
     assert!(!report.vmis[0].filesystems.is_empty());
 }
