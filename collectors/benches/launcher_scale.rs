@@ -357,7 +357,7 @@ struct Sample {
 impl Sample {
     /// Reading the peer's CPU walks its threads' files under `/proc`, about 0.2 ms of this
     /// process's CPU: it stays outside this process's window, or it would add the same
-    /// constant to both sides of every ratio and pull them towards 1 (by 0.1 at N = 10).
+    /// constant to both sides of every ratio and pull them towards 1 (by up to 0.1 at N = 10).
     async fn measure<T, F: std::future::Future<Output = T>>(&mut self, peer: u32, run: F) -> T {
         let p0 = proc_cpu(peer);
         let (c0, t0) = (self_cpu(), Instant::now());
