@@ -10,7 +10,11 @@
 //!
 //! `GetFilesystems` carries `v1.VirtualMachineInstanceFileSystemList` with camelCase json tags.
 
+mod fast;
+
 use serde::Deserialize;
+
+use fast::go_struct;
 
 use crate::handler::stats::{
     BlockStats, CpuStats, DirtyRateStats, DomainStats, Filesystem, GuestLoad, MemoryStats,
@@ -29,10 +33,13 @@ pub enum WireError {
 
 /// Decodes the `domainStats` string of `GetDomainStatsResponse`.
 pub fn domain_stats_from_json(json: &str) -> Result<DomainStats, WireError> {
-    let raw: go::DomainStats = serde_json::from_str(json).map_err(|source| WireError::Json {
-        what: "domain stats",
-        source,
-    })?;
+    let raw = match fast::decode::<go::DomainStats>(json) {
+        Some(raw) => raw,
+        None => serde_json::from_str(json).map_err(|source| WireError::Json {
+            what: "domain stats",
+            source,
+        })?,
+    };
     Ok(raw.into_model())
 }
 
@@ -75,32 +82,21 @@ fn when_set<T: Default>(flag: Option<bool>, value: Option<T>) -> Option<T> {
 mod go {
     use super::*;
 
-    #[derive(Deserialize)]
-    pub(super) struct DomainStats {
-        #[serde(rename = "Name")]
-        name: Option<String>,
-        #[serde(rename = "UUID")]
-        uuid: Option<String>,
-        #[serde(rename = "Cpu")]
-        cpu: Option<Cpu>,
-        #[serde(rename = "Memory")]
-        memory: Option<Memory>,
-        #[serde(rename = "MigrateDomainJobInfo")]
-        migrate_job: Option<JobInfo>,
-        #[serde(rename = "Vcpu")]
-        vcpu: Option<Vec<Vcpu>>,
-        #[serde(rename = "Net")]
-        net: Option<Vec<Net>>,
-        #[serde(rename = "Block")]
-        block: Option<Vec<Block>>,
-        #[serde(rename = "CPUMapSet")]
-        cpu_map_set: Option<bool>,
-        #[serde(rename = "CPUMap")]
-        cpu_map: Option<Vec<Option<Vec<bool>>>>,
-        #[serde(rename = "DirtyRate")]
-        dirty_rate: Option<DirtyRate>,
-        #[serde(rename = "Load")]
-        load: Option<Load>,
+    go_struct! {
+        pub(super) struct DomainStats {
+            "Name" => name: String,
+            "UUID" => uuid: String,
+            "Cpu" => cpu: Cpu,
+            "Memory" => memory: Memory,
+            "MigrateDomainJobInfo" => migrate_job: JobInfo,
+            "Vcpu" => vcpu: Vec<Vcpu>,
+            "Net" => net: Vec<Net>,
+            "Block" => block: Vec<Block>,
+            "CPUMapSet" => cpu_map_set: bool,
+            "CPUMap" => cpu_map: Vec<Option<Vec<bool>>>,
+            "DirtyRate" => dirty_rate: DirtyRate,
+            "Load" => load: Load,
+        }
     }
 
     impl DomainStats {
@@ -130,20 +126,15 @@ mod go {
         items.unwrap_or_default().into_iter().map(convert).collect()
     }
 
-    #[derive(Deserialize)]
-    struct Cpu {
-        #[serde(rename = "TimeSet")]
-        time_set: Option<bool>,
-        #[serde(rename = "Time")]
-        time: Option<u64>,
-        #[serde(rename = "UserSet")]
-        user_set: Option<bool>,
-        #[serde(rename = "User")]
-        user: Option<u64>,
-        #[serde(rename = "SystemSet")]
-        system_set: Option<bool>,
-        #[serde(rename = "System")]
-        system: Option<u64>,
+    go_struct! {
+        struct Cpu {
+            "TimeSet" => time_set: bool,
+            "Time" => time: u64,
+            "UserSet" => user_set: bool,
+            "User" => user: u64,
+            "SystemSet" => system_set: bool,
+            "System" => system: u64,
+        }
     }
 
     impl Cpu {
@@ -156,52 +147,31 @@ mod go {
         }
     }
 
-    #[derive(Deserialize)]
-    struct Memory {
-        #[serde(rename = "UnusedSet")]
-        unused_set: Option<bool>,
-        #[serde(rename = "Unused")]
-        unused: Option<u64>,
-        #[serde(rename = "CachedSet")]
-        cached_set: Option<bool>,
-        #[serde(rename = "Cached")]
-        cached: Option<u64>,
-        #[serde(rename = "AvailableSet")]
-        available_set: Option<bool>,
-        #[serde(rename = "Available")]
-        available: Option<u64>,
-        #[serde(rename = "ActualBalloonSet")]
-        actual_balloon_set: Option<bool>,
-        #[serde(rename = "ActualBalloon")]
-        actual_balloon: Option<u64>,
-        #[serde(rename = "RSSSet")]
-        rss_set: Option<bool>,
-        #[serde(rename = "RSS")]
-        rss: Option<u64>,
-        #[serde(rename = "SwapInSet")]
-        swap_in_set: Option<bool>,
-        #[serde(rename = "SwapIn")]
-        swap_in: Option<u64>,
-        #[serde(rename = "SwapOutSet")]
-        swap_out_set: Option<bool>,
-        #[serde(rename = "SwapOut")]
-        swap_out: Option<u64>,
-        #[serde(rename = "MajorFaultSet")]
-        major_fault_set: Option<bool>,
-        #[serde(rename = "MajorFault")]
-        major_fault: Option<u64>,
-        #[serde(rename = "MinorFaultSet")]
-        minor_fault_set: Option<bool>,
-        #[serde(rename = "MinorFault")]
-        minor_fault: Option<u64>,
-        #[serde(rename = "UsableSet")]
-        usable_set: Option<bool>,
-        #[serde(rename = "Usable")]
-        usable: Option<u64>,
-        #[serde(rename = "TotalSet")]
-        total_set: Option<bool>,
-        #[serde(rename = "Total")]
-        total: Option<u64>,
+    go_struct! {
+        struct Memory {
+            "UnusedSet" => unused_set: bool,
+            "Unused" => unused: u64,
+            "CachedSet" => cached_set: bool,
+            "Cached" => cached: u64,
+            "AvailableSet" => available_set: bool,
+            "Available" => available: u64,
+            "ActualBalloonSet" => actual_balloon_set: bool,
+            "ActualBalloon" => actual_balloon: u64,
+            "RSSSet" => rss_set: bool,
+            "RSS" => rss: u64,
+            "SwapInSet" => swap_in_set: bool,
+            "SwapIn" => swap_in: u64,
+            "SwapOutSet" => swap_out_set: bool,
+            "SwapOut" => swap_out: u64,
+            "MajorFaultSet" => major_fault_set: bool,
+            "MajorFault" => major_fault: u64,
+            "MinorFaultSet" => minor_fault_set: bool,
+            "MinorFault" => minor_fault: u64,
+            "UsableSet" => usable_set: bool,
+            "Usable" => usable: u64,
+            "TotalSet" => total_set: bool,
+            "Total" => total: u64,
+        }
     }
 
     impl Memory {
@@ -222,28 +192,19 @@ mod go {
         }
     }
 
-    #[derive(Deserialize)]
-    struct JobInfo {
-        #[serde(rename = "DataTotalSet")]
-        data_total_set: Option<bool>,
-        #[serde(rename = "DataTotal")]
-        data_total: Option<u64>,
-        #[serde(rename = "DataProcessedSet")]
-        data_processed_set: Option<bool>,
-        #[serde(rename = "DataProcessed")]
-        data_processed: Option<u64>,
-        #[serde(rename = "MemoryBpsSet")]
-        memory_bps_set: Option<bool>,
-        #[serde(rename = "MemoryBps")]
-        memory_bps: Option<u64>,
-        #[serde(rename = "DataRemainingSet")]
-        data_remaining_set: Option<bool>,
-        #[serde(rename = "DataRemaining")]
-        data_remaining: Option<u64>,
-        #[serde(rename = "MemDirtyRateSet")]
-        mem_dirty_rate_set: Option<bool>,
-        #[serde(rename = "MemDirtyRate")]
-        mem_dirty_rate: Option<u64>,
+    go_struct! {
+        struct JobInfo {
+            "DataTotalSet" => data_total_set: bool,
+            "DataTotal" => data_total: u64,
+            "DataProcessedSet" => data_processed_set: bool,
+            "DataProcessed" => data_processed: u64,
+            "MemoryBpsSet" => memory_bps_set: bool,
+            "MemoryBps" => memory_bps: u64,
+            "DataRemainingSet" => data_remaining_set: bool,
+            "DataRemaining" => data_remaining: u64,
+            "MemDirtyRateSet" => mem_dirty_rate_set: bool,
+            "MemDirtyRate" => mem_dirty_rate: u64,
+        }
     }
 
     impl JobInfo {
@@ -261,24 +222,17 @@ mod go {
         }
     }
 
-    #[derive(Deserialize)]
-    struct Vcpu {
-        #[serde(rename = "StateSet")]
-        state_set: Option<bool>,
-        #[serde(rename = "State")]
-        state: Option<i64>,
-        #[serde(rename = "TimeSet")]
-        time_set: Option<bool>,
-        #[serde(rename = "Time")]
-        time: Option<u64>,
-        #[serde(rename = "WaitSet")]
-        wait_set: Option<bool>,
-        #[serde(rename = "Wait")]
-        wait: Option<u64>,
-        #[serde(rename = "DelaySet")]
-        delay_set: Option<bool>,
-        #[serde(rename = "Delay")]
-        delay: Option<u64>,
+    go_struct! {
+        struct Vcpu {
+            "StateSet" => state_set: bool,
+            "State" => state: i64,
+            "TimeSet" => time_set: bool,
+            "Time" => time: u64,
+            "WaitSet" => wait_set: bool,
+            "Wait" => wait: u64,
+            "DelaySet" => delay_set: bool,
+            "Delay" => delay: u64,
+        }
     }
 
     impl Vcpu {
@@ -292,48 +246,29 @@ mod go {
         }
     }
 
-    #[derive(Deserialize)]
-    struct Net {
-        #[serde(rename = "NameSet")]
-        name_set: Option<bool>,
-        #[serde(rename = "Name")]
-        name: Option<String>,
-        #[serde(rename = "AliasSet")]
-        alias_set: Option<bool>,
-        #[serde(rename = "Alias")]
-        alias: Option<String>,
-        #[serde(rename = "RxBytesSet")]
-        rx_bytes_set: Option<bool>,
-        #[serde(rename = "RxBytes")]
-        rx_bytes: Option<u64>,
-        #[serde(rename = "RxPktsSet")]
-        rx_pkts_set: Option<bool>,
-        #[serde(rename = "RxPkts")]
-        rx_pkts: Option<u64>,
-        #[serde(rename = "RxErrsSet")]
-        rx_errs_set: Option<bool>,
-        #[serde(rename = "RxErrs")]
-        rx_errs: Option<u64>,
-        #[serde(rename = "RxDropSet")]
-        rx_drop_set: Option<bool>,
-        #[serde(rename = "RxDrop")]
-        rx_drop: Option<u64>,
-        #[serde(rename = "TxBytesSet")]
-        tx_bytes_set: Option<bool>,
-        #[serde(rename = "TxBytes")]
-        tx_bytes: Option<u64>,
-        #[serde(rename = "TxPktsSet")]
-        tx_pkts_set: Option<bool>,
-        #[serde(rename = "TxPkts")]
-        tx_pkts: Option<u64>,
-        #[serde(rename = "TxErrsSet")]
-        tx_errs_set: Option<bool>,
-        #[serde(rename = "TxErrs")]
-        tx_errs: Option<u64>,
-        #[serde(rename = "TxDropSet")]
-        tx_drop_set: Option<bool>,
-        #[serde(rename = "TxDrop")]
-        tx_drop: Option<u64>,
+    go_struct! {
+        struct Net {
+            "NameSet" => name_set: bool,
+            "Name" => name: String,
+            "AliasSet" => alias_set: bool,
+            "Alias" => alias: String,
+            "RxBytesSet" => rx_bytes_set: bool,
+            "RxBytes" => rx_bytes: u64,
+            "RxPktsSet" => rx_pkts_set: bool,
+            "RxPkts" => rx_pkts: u64,
+            "RxErrsSet" => rx_errs_set: bool,
+            "RxErrs" => rx_errs: u64,
+            "RxDropSet" => rx_drop_set: bool,
+            "RxDrop" => rx_drop: u64,
+            "TxBytesSet" => tx_bytes_set: bool,
+            "TxBytes" => tx_bytes: u64,
+            "TxPktsSet" => tx_pkts_set: bool,
+            "TxPkts" => tx_pkts: u64,
+            "TxErrsSet" => tx_errs_set: bool,
+            "TxErrs" => tx_errs: u64,
+            "TxDropSet" => tx_drop_set: bool,
+            "TxDrop" => tx_drop: u64,
+        }
     }
 
     impl Net {
@@ -353,71 +288,41 @@ mod go {
         }
     }
 
-    #[derive(Deserialize)]
-    struct Block {
-        #[serde(rename = "NameSet")]
-        name_set: Option<bool>,
-        #[serde(rename = "Name")]
-        name: Option<String>,
-        /// No `Set` flag in Go: an empty string means "no alias".
-        #[serde(rename = "Alias")]
-        alias: Option<String>,
-        #[serde(rename = "BackingIndexSet")]
-        backing_index_set: Option<bool>,
-        #[serde(rename = "BackingIndex")]
-        backing_index: Option<u64>,
-        #[serde(rename = "PathSet")]
-        path_set: Option<bool>,
-        #[serde(rename = "Path")]
-        path: Option<String>,
-        #[serde(rename = "RdReqsSet")]
-        rd_reqs_set: Option<bool>,
-        #[serde(rename = "RdReqs")]
-        rd_reqs: Option<u64>,
-        #[serde(rename = "RdBytesSet")]
-        rd_bytes_set: Option<bool>,
-        #[serde(rename = "RdBytes")]
-        rd_bytes: Option<u64>,
-        #[serde(rename = "RdTimesSet")]
-        rd_times_set: Option<bool>,
-        #[serde(rename = "RdTimes")]
-        rd_times: Option<u64>,
-        #[serde(rename = "WrReqsSet")]
-        wr_reqs_set: Option<bool>,
-        #[serde(rename = "WrReqs")]
-        wr_reqs: Option<u64>,
-        #[serde(rename = "WrBytesSet")]
-        wr_bytes_set: Option<bool>,
-        #[serde(rename = "WrBytes")]
-        wr_bytes: Option<u64>,
-        #[serde(rename = "WrTimesSet")]
-        wr_times_set: Option<bool>,
-        #[serde(rename = "WrTimes")]
-        wr_times: Option<u64>,
-        #[serde(rename = "FlReqsSet")]
-        fl_reqs_set: Option<bool>,
-        #[serde(rename = "FlReqs")]
-        fl_reqs: Option<u64>,
-        #[serde(rename = "FlTimesSet")]
-        fl_times_set: Option<bool>,
-        #[serde(rename = "FlTimes")]
-        fl_times: Option<u64>,
-        #[serde(rename = "ErrorsSet")]
-        errors_set: Option<bool>,
-        #[serde(rename = "Errors")]
-        errors: Option<u64>,
-        #[serde(rename = "AllocationSet")]
-        allocation_set: Option<bool>,
-        #[serde(rename = "Allocation")]
-        allocation: Option<u64>,
-        #[serde(rename = "CapacitySet")]
-        capacity_set: Option<bool>,
-        #[serde(rename = "Capacity")]
-        capacity: Option<u64>,
-        #[serde(rename = "PhysicalSet")]
-        physical_set: Option<bool>,
-        #[serde(rename = "Physical")]
-        physical: Option<u64>,
+    go_struct! {
+        struct Block {
+            "NameSet" => name_set: bool,
+            "Name" => name: String,
+            /// No `Set` flag in Go: an empty string means "no alias".
+            "Alias" => alias: String,
+            "BackingIndexSet" => backing_index_set: bool,
+            "BackingIndex" => backing_index: u64,
+            "PathSet" => path_set: bool,
+            "Path" => path: String,
+            "RdReqsSet" => rd_reqs_set: bool,
+            "RdReqs" => rd_reqs: u64,
+            "RdBytesSet" => rd_bytes_set: bool,
+            "RdBytes" => rd_bytes: u64,
+            "RdTimesSet" => rd_times_set: bool,
+            "RdTimes" => rd_times: u64,
+            "WrReqsSet" => wr_reqs_set: bool,
+            "WrReqs" => wr_reqs: u64,
+            "WrBytesSet" => wr_bytes_set: bool,
+            "WrBytes" => wr_bytes: u64,
+            "WrTimesSet" => wr_times_set: bool,
+            "WrTimes" => wr_times: u64,
+            "FlReqsSet" => fl_reqs_set: bool,
+            "FlReqs" => fl_reqs: u64,
+            "FlTimesSet" => fl_times_set: bool,
+            "FlTimes" => fl_times: u64,
+            "ErrorsSet" => errors_set: bool,
+            "Errors" => errors: u64,
+            "AllocationSet" => allocation_set: bool,
+            "Allocation" => allocation: u64,
+            "CapacitySet" => capacity_set: bool,
+            "Capacity" => capacity: u64,
+            "PhysicalSet" => physical_set: bool,
+            "Physical" => physical: u64,
+        }
     }
 
     impl Block {
@@ -443,24 +348,17 @@ mod go {
         }
     }
 
-    #[derive(Deserialize)]
-    struct DirtyRate {
-        #[serde(rename = "CalcStatusSet")]
-        calc_status_set: Option<bool>,
-        #[serde(rename = "CalcStatus")]
-        calc_status: Option<i64>,
-        #[serde(rename = "CalcStartTimeSet")]
-        calc_start_time_set: Option<bool>,
-        #[serde(rename = "CalcStartTime")]
-        calc_start_time: Option<i64>,
-        #[serde(rename = "CalcPeriodSet")]
-        calc_period_set: Option<bool>,
-        #[serde(rename = "CalcPeriod")]
-        calc_period: Option<i64>,
-        #[serde(rename = "MegabytesPerSecondSet")]
-        megabytes_per_second_set: Option<bool>,
-        #[serde(rename = "MegabytesPerSecond")]
-        megabytes_per_second: Option<i64>,
+    go_struct! {
+        struct DirtyRate {
+            "CalcStatusSet" => calc_status_set: bool,
+            "CalcStatus" => calc_status: i64,
+            "CalcStartTimeSet" => calc_start_time_set: bool,
+            "CalcStartTime" => calc_start_time: i64,
+            "CalcPeriodSet" => calc_period_set: bool,
+            "CalcPeriod" => calc_period: i64,
+            "MegabytesPerSecondSet" => megabytes_per_second_set: bool,
+            "MegabytesPerSecond" => megabytes_per_second: i64,
+        }
     }
 
     impl DirtyRate {
@@ -477,20 +375,15 @@ mod go {
         }
     }
 
-    #[derive(Deserialize)]
-    struct Load {
-        #[serde(rename = "Load1mSet")]
-        load1m_set: Option<bool>,
-        #[serde(rename = "Load1m")]
-        load1m: Option<f64>,
-        #[serde(rename = "Load5mSet")]
-        load5m_set: Option<bool>,
-        #[serde(rename = "Load5m")]
-        load5m: Option<f64>,
-        #[serde(rename = "Load15mSet")]
-        load15m_set: Option<bool>,
-        #[serde(rename = "Load15m")]
-        load15m: Option<f64>,
+    go_struct! {
+        struct Load {
+            "Load1mSet" => load1m_set: bool,
+            "Load1m" => load1m: f64,
+            "Load5mSet" => load5m_set: bool,
+            "Load5m" => load5m: f64,
+            "Load15mSet" => load15m_set: bool,
+            "Load15m" => load15m: f64,
+        }
     }
 
     impl Load {
