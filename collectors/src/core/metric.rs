@@ -71,6 +71,11 @@ impl Labels {
         Self::default()
     }
 
+    /// Whether `other` is this very set (not only an equal one).
+    pub fn is_same_set(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Where this set lives, when more than one series holds it: two `Labels` at the same
     /// address while both are alive are the same set. `None` for a set only one holder has.
     pub fn shared_address(&self) -> Option<usize> {
@@ -214,8 +219,14 @@ fn series_label_values(kind: MetricType, sample: &Sample) -> impl Iterator<Item 
     series_labels(kind, &sample.labels).map(|(_, value)| value.as_str())
 }
 
-fn label_values(sample: &Sample) -> impl Iterator<Item = &str> {
-    sample.labels.iter().map(|(_, value)| value.as_str())
+/// How client_golang orders the series of a family without a
+/// [`MetricType::bound_label`], by their labels: fewer labels first, then by value, place
+/// by place.
+pub(crate) fn compare_label_values(a: &Labels, b: &Labels) -> std::cmp::Ordering {
+    fn values(labels: &Labels) -> impl Iterator<Item = &str> {
+        labels.iter().map(|(_, value)| value.as_str())
+    }
+    a.len().cmp(&b.len()).then_with(|| values(a).cmp(values(b)))
 }
 
 fn compare_series(a: &Sample, b: &Sample, kind: MetricType) -> std::cmp::Ordering {
@@ -228,10 +239,7 @@ fn compare_series(a: &Sample, b: &Sample, kind: MetricType) -> std::cmp::Orderin
     } else {
         // Every label is a series label: no filtering on the path of the families with
         // most series.
-        a.labels
-            .len()
-            .cmp(&b.labels.len())
-            .then_with(|| label_values(a).cmp(label_values(b)))
+        compare_label_values(&a.labels, &b.labels)
     };
     if by_labels != Ordering::Equal {
         return by_labels;

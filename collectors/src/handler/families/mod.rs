@@ -56,7 +56,7 @@ pub use migration::{MigrationHistory, MigrationSample, RING_CAPACITY};
 
 use crate::core::labels::{finish_labels, is_valid_label_name, label, vmi_label_name};
 use crate::core::metric::{
-    Family, LabelName, LabelValue, Labels, MetricType, Sample, series_order,
+    Family, LabelName, LabelValue, Labels, MetricType, Sample, compare_label_values, series_order,
 };
 use crate::handler::stats::{
     BlockStats, DeviceLabels, DomainStats, Filesystem, MemoryStats, MigrationJobInfo, NetStats,
@@ -475,21 +475,62 @@ pub fn family_names() -> impl Iterator<Item = &'static str> {
 /// Renders every family for the given VMIs and drained migration samples. Families come out
 /// sorted by name, series sorted and deduplicated; families without samples are left out.
 pub fn render(vmis: &[VmiStats], migrations: &[MigrationSample]) -> Vec<Family> {
+    let order = IdentityOrder::of(vmis);
     let mut out = Builder::for_vmis(vmis.len());
-    for stats in vmis {
-        render_vmi(&mut out, stats);
+    for &at in &order.vmis {
+        render_vmi(&mut out, &vmis[at]);
     }
     for sample in migrations {
         render_migration(&mut out, sample);
     }
-    out.finish()
+    out.finish(order.strict)
+}
+
+/// The VMIs in the order of their identity labels, which is client_golang's order of the
+/// families whose series carry only those: rendered in it, such a family comes out ordered
+/// and needs no sort of its own. Most families are such (memory, CPU, load, dirty rate), and
+/// sorting each of them was a fifth of rendering at 400 VMIs: one sort of the VMIs replaces
+/// twenty of their series.
+struct IdentityOrder {
+    /// Positions in the VMI list.
+    vmis: Vec<usize>,
+    /// No two VMIs share their identity labels (a VMI reported twice would): then the
+    /// families of identity series are in order without ties, and nothing is left to do.
+    strict: bool,
+}
+
+impl IdentityOrder {
+    fn of(vmis: &[VmiStats]) -> Self {
+        let labels: Vec<&Labels> = vmis
+            .iter()
+            .map(|stats| identity_labels(&stats.vmi))
+            .collect();
+        let mut order: Vec<usize> = (0..vmis.len()).collect();
+        let mut tied = false;
+        order.sort_by(|&a, &b| {
+            let ordering = compare_label_values(labels[a], labels[b]);
+            tied |= ordering.is_eq();
+            ordering
+        });
+        Self {
+            vmis: order,
+            strict: !tied,
+        }
+    }
 }
 
 struct Builder {
     /// By [`FamilySpec::key`].
-    families: HashMap<u64, Family>,
+    families: HashMap<u64, Building>,
     /// Room for this many samples in a new family: one per VMI, the common case.
     capacity: usize,
+}
+
+struct Building {
+    family: Family,
+    /// Every series so far is one VMI's identity labels alone, without a timestamp, pushed
+    /// in [`IdentityOrder`].
+    identity_series: bool,
 }
 
 impl Builder {
@@ -500,12 +541,26 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, spec: &FamilySpec, labels: Labels, value: f64, timestamp_ms: Option<i64>) {
-        let family = self.families.entry(spec.key).or_insert_with(|| Family {
-            samples: Vec::with_capacity(self.capacity),
-            ..Family::new(spec.name, spec.help, spec.kind)
+    /// A series of the VMI's identity labels alone ([`VmiLabels::plain`]).
+    fn push_identity(&mut self, spec: &FamilySpec, labels: &VmiLabels, value: f64) {
+        let labels = labels.plain();
+        let building = self.building(spec);
+        // A second series of the same VMI would tie with its first.
+        if let Some(last) = building.family.samples.last() {
+            building.identity_series &= !last.labels.is_same_set(&labels);
+        }
+        building.family.samples.push(Sample {
+            suffix: "",
+            labels,
+            value,
+            timestamp_ms: None,
         });
-        family.samples.push(Sample {
+    }
+
+    fn push(&mut self, spec: &FamilySpec, labels: Labels, value: f64, timestamp_ms: Option<i64>) {
+        let building = self.building(spec);
+        building.identity_series = false;
+        building.family.samples.push(Sample {
             suffix: "",
             labels,
             value,
@@ -513,17 +568,37 @@ impl Builder {
         });
     }
 
-    fn finish(self) -> Vec<Family> {
-        let mut families: Vec<Family> = self
+    fn building(&mut self, spec: &FamilySpec) -> &mut Building {
+        self.families.entry(spec.key).or_insert_with(|| Building {
+            family: Family {
+                samples: Vec::with_capacity(self.capacity),
+                ..Family::new(spec.name, spec.help, spec.kind)
+            },
+            identity_series: true,
+        })
+    }
+
+    /// The families, sorted by name, their series ordered and deduplicated; `ordered` says
+    /// the VMIs came in strict [`IdentityOrder`], so that families of identity series
+    /// already are.
+    fn finish(self, ordered: bool) -> Vec<Family> {
+        let mut families: Vec<Building> = self
             .families
             .into_values()
-            .filter(|family| !family.samples.is_empty())
+            .filter(|building| !building.family.samples.is_empty())
             .collect();
-        families.sort_by(|a, b| a.name.cmp(&b.name));
-        for family in &mut families {
-            order_and_dedup(family);
-        }
+        families.sort_by(|a, b| a.family.name.cmp(&b.family.name));
         families
+            .into_iter()
+            .map(|mut building| {
+                let kind = building.family.kind;
+                let in_order = ordered && building.identity_series && kind.bound_label().is_none();
+                if !in_order {
+                    order_and_dedup(&mut building.family);
+                }
+                building.family
+            })
+            .collect()
     }
 }
 
@@ -589,7 +664,7 @@ impl<'a> VmiLabels<'a> {
         let kept = Arc::strong_count(vmi) > 1;
         Self {
             vmi,
-            base: vmi.series_labels.get_or_init(|| Self::build(vmi)).clone(),
+            base: identity_labels(vmi).clone(),
             kept,
             devices: if kept {
                 vmi.series_labels.take_devices()
@@ -679,6 +754,11 @@ impl Drop for VmiLabels<'_> {
     }
 }
 
+/// The labels of a VMI's identity series, built once per identity.
+fn identity_labels(vmi: &VmiIdentity) -> &Labels {
+    vmi.series_labels.get_or_init(|| VmiLabels::build(vmi))
+}
+
 /// A family, the value the source reported for it, and how to turn it into KubeVirt's unit.
 type Conversion = (&'static FamilySpec, Option<u64>, fn(u64) -> f64);
 
@@ -710,13 +790,13 @@ fn render_vmi(out: &mut Builder, stats: &VmiStats) {
     }
     if let Some(cpu_map) = &domain.cpu_map {
         let pinned = cpu_map.iter().flatten().filter(|pinned| **pinned).count();
-        out.push(&NODE_CPU_AFFINITY, labels.plain(), pinned as f64, None);
+        out.push_identity(&NODE_CPU_AFFINITY, &labels, pinned as f64);
     }
     render_filesystems(out, &mut labels, &stats.filesystems);
     if let Some(mbs) = stats.dirty_rate_mbs {
         // int64 arithmetic first, as KubeVirt does.
         let bytes = mbs.wrapping_mul(1024 * 1024);
-        out.push(&DIRTY_RATE, labels.plain(), bytes as f64, None);
+        out.push_identity(&DIRTY_RATE, &labels, bytes as f64);
     }
 }
 
@@ -736,7 +816,7 @@ fn render_memory(out: &mut Builder, labels: &VmiLabels, memory: &MemoryStats) {
     ];
     for (spec, value, convert) in values {
         if let Some(value) = value {
-            out.push(spec, labels.plain(), convert(value), None);
+            out.push_identity(spec, labels, convert(value));
         }
     }
 }
@@ -749,7 +829,7 @@ fn render_cpu_and_load(out: &mut Builder, labels: &VmiLabels, domain: &DomainSta
             (&CPU_SYSTEM_USAGE, cpu.system),
         ] {
             if let Some(ns) = value {
-                out.push(spec, labels.plain(), ns_to_seconds(ns), None);
+                out.push_identity(spec, labels, ns_to_seconds(ns));
             }
         }
     }
@@ -760,7 +840,7 @@ fn render_cpu_and_load(out: &mut Builder, labels: &VmiLabels, domain: &DomainSta
             (&GUEST_LOAD_15M, load.load15m),
         ] {
             if let Some(value) = value {
-                out.push(spec, labels.plain(), value, None);
+                out.push_identity(spec, labels, value);
             }
         }
     }

@@ -419,6 +419,10 @@ fn the_first_of_colliding_series_wins_and_ties_do_not_depend_on_input_order() {
                 rx_pkts: Some(rx),
                 ..NetStats::default()
             }],
+            memory: Some(MemoryStats {
+                rss: Some(rx),
+                ..MemoryStats::default()
+            }),
             ..DomainStats::default()
         })
     };
@@ -427,10 +431,36 @@ fn the_first_of_colliding_series_wins_and_ties_do_not_depend_on_input_order() {
         [with_label("a", 1), with_label("b", 2)],
     ] {
         let families = render(&input, &[]);
-        let packets = family(&families, "kubevirt_vmi_network_receive_packets_total");
-        let values: Vec<f64> = packets.samples.iter().map(|s| s.value).collect();
-        assert_eq!(values, [1.0, 2.0]);
+        for (name, expected) in [
+            ("kubevirt_vmi_network_receive_packets_total", [1.0, 2.0]),
+            // A family of identity series alone, left unsorted when no two VMIs tie.
+            ("kubevirt_vmi_memory_resident_bytes", [1024.0, 2048.0]),
+        ] {
+            let values: Vec<f64> = family(&families, name)
+                .samples
+                .iter()
+                .map(|s| s.value)
+                .collect();
+            assert_eq!(values, expected, "{name}");
+        }
     }
+}
+
+#[test]
+fn a_vmi_reported_twice_gives_its_identity_series_once() {
+    let stats = |rss| {
+        vmi_stats(DomainStats {
+            memory: Some(MemoryStats {
+                rss: Some(rss),
+                ..MemoryStats::default()
+            }),
+            ..DomainStats::default()
+        })
+    };
+    let families = render(&[stats(2), stats(1)], &[]);
+    let resident = family(&families, "kubevirt_vmi_memory_resident_bytes");
+    assert_eq!(resident.samples.len(), 1);
+    assert_eq!(resident.samples[0].value, 2048.0);
 }
 
 #[test]
