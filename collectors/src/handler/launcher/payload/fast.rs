@@ -303,29 +303,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-impl Plain for bool {
-    fn read(reader: &mut Reader<'_>) -> Option<Self> {
-        reader.boolean()
-    }
+/// The scalars, each read by its [`Reader`] method.
+macro_rules! plain_scalars {
+    ($($ty:ty => $method:ident),* $(,)?) => {
+        $(impl Plain for $ty {
+            fn read(reader: &mut Reader<'_>) -> Option<Self> {
+                reader.$method()
+            }
+        })*
+    };
 }
 
-impl Plain for u64 {
-    fn read(reader: &mut Reader<'_>) -> Option<Self> {
-        reader.unsigned()
-    }
-}
-
-impl Plain for i64 {
-    fn read(reader: &mut Reader<'_>) -> Option<Self> {
-        reader.signed()
-    }
-}
-
-impl Plain for f64 {
-    fn read(reader: &mut Reader<'_>) -> Option<Self> {
-        reader.float()
-    }
-}
+plain_scalars!(bool => boolean, u64 => unsigned, i64 => signed, f64 => float);
 
 impl Plain for String {
     fn read(reader: &mut Reader<'_>) -> Option<Self> {
