@@ -433,7 +433,8 @@ fn the_first_of_colliding_series_wins_and_ties_do_not_depend_on_input_order() {
         let families = render(&input, &[]);
         for (name, expected) in [
             ("kubevirt_vmi_network_receive_packets_total", [1.0, 2.0]),
-            // A family of identity series alone, left unsorted when no two VMIs tie.
+            // A family of identity series alone: the two identities tie here, so it is
+            // sorted after all, and the tie is broken by label names as above.
             ("kubevirt_vmi_memory_resident_bytes", [1024.0, 2048.0]),
         ] {
             let values: Vec<f64> = family(&families, name)
