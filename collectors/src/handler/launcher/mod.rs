@@ -227,6 +227,7 @@ impl LauncherSource {
             loop {
                 let i = next_job.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = jobs.get(i) else { break };
+                // The VMI's own `--vmi-timeout` from now, or the pass cutoff if sooner.
                 let vmi_deadline = cutoff.min(Instant::now() + self.settings.vmi_timeout);
                 let replies = AssertUnwindSafe(self.fetch(job, vmi_deadline))
                     .catch_unwind()
