@@ -7,12 +7,12 @@
 //! sonic-rs is fast only when built for the host CPU (`target-cpu=native`), which a shipped
 //! image cannot assume.
 //!
-//! It reads only the plain case: keys in Go's field order (found by search otherwise),
-//! strings without escapes or control characters, integers without fraction or exponent
-//! that fit their field, nesting under [`MAX_DEPTH`], each field once. On anything else it
-//! answers `None` and the caller asks serde_json, so serde still decides every payload that
-//! is not plain, errors included; a property test holds that whenever this reader answers,
-//! serde answers the same.
+//! It reads only the plain case: keys in Go's field order (an object in another order is
+//! read again by key, which costs it twice), strings without escapes or control characters,
+//! integers without fraction or exponent that fit their field, nesting under [`MAX_DEPTH`],
+//! each field once. On anything else it answers `None` and the caller asks serde_json, so
+//! serde still decides every payload that is not plain, errors included; a property test
+//! holds that whenever this reader answers, serde answers the same.
 
 /// Deeper than any payload virt-launcher writes; beyond it serde decides.
 const MAX_DEPTH: usize = 32;
@@ -43,6 +43,20 @@ pub(in crate::handler::launcher::payload) fn decode<T: Plain>(json: &str) -> Opt
     let value = T::read(&mut reader)?;
     reader.whitespace();
     (reader.at == reader.bytes.len()).then_some(value)
+}
+
+/// The eight bytes of `bytes` (eight long) as one word.
+fn u64_at(bytes: &[u8]) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(bytes);
+    u64::from_ne_bytes(word)
+}
+
+/// The four bytes of `bytes` (four long) as one word.
+fn u32_at(bytes: &[u8]) -> u32 {
+    let mut word = [0; 4];
+    word.copy_from_slice(bytes);
+    u32::from_ne_bytes(word)
 }
 
 /// Where `key` (unquoted) is among `quoted`, the fields' keys in quotes; `quoted.len()`
@@ -118,17 +132,33 @@ impl<'a> Reader<'a> {
     }
 
     /// Digits here (no whitespace first) with nothing after them that makes a float.
+    ///
+    /// One pass that reads and adds up the digits, unchecked: nineteen digits stay below
+    /// 10^19 < 2^64, and only longer numbers are added up again with checks. Counting the
+    /// digits first and then adding them up with a checked multiply per digit cost about
+    /// a hundred instructions per number.
     fn magnitude(&mut self) -> Option<u64> {
-        let start = self.at;
-        let len = self.digits();
-        let digits = &self.bytes[start..self.at];
-        let plain = len > 0 && (len == 1 || digits[0] != b'0');
-        if !plain || matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E')) {
+        let rest = &self.bytes[self.at..];
+        let mut value = 0u64;
+        let mut len = 0;
+        while let Some(digit) = rest.get(len).map(|byte| byte.wrapping_sub(b'0')) {
+            if digit > 9 {
+                break;
+            }
+            value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
+            len += 1;
+        }
+        let plain = len > 0 && (len == 1 || rest[0] != b'0');
+        if !plain || matches!(rest.get(len), Some(b'.' | b'e' | b'E')) {
             return None;
         }
-        digits.iter().try_fold(0u64, |value, digit| {
-            value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
-        })
+        if len > 19 {
+            value = rest[..len].iter().try_fold(0u64, |value, digit| {
+                value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+            })?;
+        }
+        self.at += len;
+        Some(value)
     }
 
     fn signed(&mut self) -> Option<i64> {
@@ -143,13 +173,26 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A JSON number as serde_json reads it (its own float parsing, so the same bits).
+    /// A JSON number as serde_json reads it: an integer of at most fifteen digits is
+    /// exactly an `f64` (below 2^53), as serde makes it; anything else is parsed by
+    /// serde_json itself, so it has the same bits.
     fn float(&mut self) -> Option<f64> {
         self.whitespace();
         let start = self.at;
         self.number()?;
-        let token = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
-        serde_json::from_str(token).ok()
+        let token = &self.bytes[start..self.at];
+        let (negative, digits) = match token.split_first() {
+            Some((b'-', digits)) => (true, digits),
+            _ => (false, token),
+        };
+        if digits.len() <= 15 && digits.iter().all(u8::is_ascii_digit) {
+            let magnitude = digits
+                .iter()
+                .fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0'))
+                as f64;
+            return Some(if negative { -magnitude } else { magnitude });
+        }
+        serde_json::from_str(std::str::from_utf8(token).ok()?).ok()
     }
 
     /// Steps over a number that follows JSON's grammar.
@@ -179,11 +222,17 @@ impl<'a> Reader<'a> {
     }
 
     fn boolean(&mut self) -> Option<bool> {
-        match self.peek()? {
-            b't' => self.literal(b"true").map(|()| true),
-            b'f' => self.literal(b"false").map(|()| false),
-            _ => None,
-        }
+        self.whitespace();
+        let rest = &self.bytes[self.at..];
+        let (value, len) = if rest.starts_with(b"true") {
+            (true, 4)
+        } else if rest.starts_with(b"false") {
+            (false, 5)
+        } else {
+            return None;
+        };
+        self.at += len;
+        Some(value)
     }
 
     fn nested<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
@@ -203,6 +252,49 @@ impl<'a> Reader<'a> {
             reader.expect(b':')?;
             member(reader)
         })
+    }
+
+    /// Where the reader is, to [`Self::rewind`] to.
+    pub(in crate::handler::launcher::payload) fn position(&self) -> usize {
+        self.at
+    }
+
+    pub(in crate::handler::launcher::payload) fn rewind(&mut self, position: usize) {
+        #[cfg(test)]
+        tests::REREAD.with(|count| count.set(count.get() + 1));
+        self.at = position;
+    }
+
+    /// An object whose members are read by `members`, which reads each with
+    /// [`Self::member_key`]: the shape Go writes, every field in its order.
+    pub(in crate::handler::launcher::payload) fn in_order(
+        &mut self,
+        members: impl FnOnce(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.expect(b'{')?;
+        self.nested(|reader| {
+            members(reader)?;
+            reader.expect(b'}')
+        })
+    }
+
+    /// The member key Go writes next, given as `,"Key":`: all of it, or without the comma
+    /// for the `first` member (which this clears). One comparison reads the comma, the key
+    /// and the colon; Go writes no whitespace between them, and where there is some the
+    /// object is read again by [`Self::fields`].
+    #[inline]
+    pub(in crate::handler::launcher::payload) fn member_key(
+        &mut self,
+        first: &mut bool,
+        comma_quoted_colon: &str,
+    ) -> Option<()> {
+        let key = comma_quoted_colon.as_bytes();
+        let key = if std::mem::take(first) {
+            key.get(1..)?
+        } else {
+            key
+        };
+        self.comes_next(key).then(|| self.at += key.len())
     }
 
     /// An object whose keys are among `quoted` (in quotes, in Go's order), each member's
@@ -229,22 +321,30 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Whether `expected` comes next. Compared eight bytes at a time: keys are short, and
-    /// a call to `memcmp` per key cost more than the comparison (a seventh of decoding).
+    /// Whether `expected` comes next. Compared a word at a time, the last word overlapping
+    /// the one before: keys are short, and a call to `memcmp` per key cost more than the
+    /// comparison (a seventh of decoding).
     fn comes_next(&self, expected: &[u8]) -> bool {
-        let Some(here) = self.bytes.get(self.at..self.at + expected.len()) else {
+        let len = expected.len();
+        let Some(here) = self.bytes.get(self.at..self.at + len) else {
             return false;
         };
-        let (mut here, mut expected) = (here.chunks_exact(8), expected.chunks_exact(8));
-        let word = |chunk: &[u8]| chunk.try_into().map(u64::from_ne_bytes).ok();
-        here.by_ref()
-            .zip(expected.by_ref())
-            .all(|(a, b)| word(a) == word(b))
-            && here
-                .remainder()
-                .iter()
-                .zip(expected.remainder())
-                .all(|(a, b)| a == b)
+        if len >= 8 {
+            let word = |bytes: &[u8], at: usize| bytes.get(at..at + 8).map(u64_at);
+            let mut at = 0;
+            while at + 8 < len {
+                if word(here, at) != word(expected, at) {
+                    return false;
+                }
+                at += 8;
+            }
+            word(here, len - 8) == word(expected, len - 8)
+        } else if len >= 4 {
+            let word = |bytes: &[u8], at: usize| bytes.get(at..at + 4).map(u32_at);
+            word(here, 0) == word(expected, 0) && word(here, len - 4) == word(expected, len - 4)
+        } else {
+            here == expected
+        }
     }
 
     /// An object, each member (key, colon and value) read by `member`.
@@ -332,6 +432,7 @@ impl<T: Plain> Plain for Vec<T> {
 
 /// `null` is `None`, as serde reads an `Option`.
 impl<T: Plain> Plain for Option<T> {
+    #[inline]
     fn read(reader: &mut Reader<'_>) -> Option<Self> {
         if reader.null() {
             return Some(None);
@@ -355,10 +456,28 @@ macro_rules! go_struct {
         }
 
         impl $crate::handler::launcher::payload::fast::Plain for $name {
+            /// Go's shape first: every field once, in its order, each read in place.
+            /// Anything else (a field added or left out, whitespace, another order) is
+            /// read again from the start by key, as the fields come. The mirror structs
+            /// nest one level deep, so no part of a payload is read more than four times.
             fn read(
                 reader: &mut $crate::handler::launcher::payload::fast::Reader<'_>,
             ) -> Option<Self> {
                 use $crate::handler::launcher::payload::fast::{Plain, Reader};
+                let start = reader.position();
+                let mut out = Self::default();
+                let mut first = true;
+                let in_order = reader.in_order(|reader| {
+                    $(
+                        reader.member_key(&mut first, concat!(",\"", $key, "\":"))?;
+                        out.$field = Plain::read(reader)?;
+                    )*
+                    Some(())
+                });
+                if in_order.is_some() {
+                    return Some(out);
+                }
+                reader.rewind(start);
                 type ReadField = fn(&mut $name, &mut Reader<'_>) -> Option<()>;
                 const QUOTED: &[&str] = &[$(concat!("\"", $key, "\"")),*];
                 const READ: &[ReadField] = &[$(|out, reader| {
@@ -389,6 +508,8 @@ pub(in crate::handler::launcher::payload) use go_struct;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::cell::Cell;
+
     use proptest::prelude::*;
 
     use super::decode;
@@ -398,6 +519,34 @@ mod tests {
         include_str!("../../../../../testdata/launcher-payloads/captured-domainstats-testvm.json"),
         include_str!("../../../../../testdata/launcher-payloads/captured-domainstats-db.json"),
     ];
+
+    thread_local! {
+        /// How many objects this thread's readers read again by key (see `go_struct!`).
+        pub(super) static REREAD: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// What `json` decodes to, and how many of its objects were read again by key.
+    fn rereads(json: &str) -> (Option<DomainStats>, usize) {
+        REREAD.with(|count| count.set(0));
+        let decoded = decode::<DomainStats>(json);
+        (decoded, REREAD.with(Cell::get))
+    }
+
+    /// The captured payloads are read in one pass in Go's order: a mirror struct whose
+    /// fields drifted from Go's (one missing, added or moved) would still decode, by key,
+    /// but at twice the cost; this is where that shows.
+    #[test]
+    fn captured_payloads_are_read_in_gos_order_without_rereading() {
+        for json in CAPTURED {
+            let (decoded, rereads) = rereads(json);
+            assert!(decoded.is_some());
+            assert_eq!(rereads, 0, "{json}");
+        }
+        let shuffled = r#"{"Cpu":{"Time":5,"TimeSet":true},"Name":"a"}"#;
+        let (decoded, rereads) = rereads(shuffled);
+        assert_eq!(decoded, by_serde(shuffled));
+        assert_eq!(rereads, 2, "the payload and its Cpu out of Go's order");
+    }
 
     fn by_serde(json: &str) -> Option<DomainStats> {
         serde_json::from_str(json).ok()
