@@ -237,9 +237,9 @@ impl LauncherSource {
         };
         let concurrency = self.settings.max_concurrency.clamp(1, jobs.len().max(1));
         let mut workers: FuturesUnordered<_> = (0..concurrency).map(|_| worker()).collect();
-        let all_asked = async { while workers.next().await.is_some() {} };
+        let all_answered = async { while workers.next().await.is_some() {} };
         // Past the deadline, the VMIs still waiting are left as `None`.
-        let _ = tokio::time::timeout_at(deadline, all_asked).await;
+        let _ = tokio::time::timeout_at(deadline, all_answered).await;
         drop(workers);
         fetched.into_inner().unwrap_or_else(PoisonError::into_inner)
     }
