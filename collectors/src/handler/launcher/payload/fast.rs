@@ -7,8 +7,8 @@
 //! sonic-rs is fast only when built for the host CPU (`target-cpu=native`), which a shipped
 //! image cannot assume.
 //!
-//! It reads only the plain case: keys in Go's field order (an object in another order is
-//! read again by key, which costs it twice), strings without escapes or control characters,
+//! It reads only the plain case: keys in Go's field order (from a key out of that order on,
+//! the rest of the object is found by key), strings without escapes or control characters,
 //! integers without fraction or exponent that fit their field, nesting under [`MAX_DEPTH`],
 //! each field once. On anything else it answers `None` and the caller asks serde_json, so
 //! serde still decides every payload that is not plain, errors included; a property test
@@ -254,34 +254,19 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Where the reader is, to [`Self::rewind`] to.
-    pub(in crate::handler::launcher::payload) fn position(&self) -> usize {
-        self.at
-    }
-
-    pub(in crate::handler::launcher::payload) fn rewind(&mut self, position: usize) {
-        #[cfg(test)]
-        tests::REREAD.with(|count| count.set(count.get() + 1));
-        self.at = position;
-    }
-
-    /// An object whose members are read by `members`, which reads each with
-    /// [`Self::member_key`]: the shape Go writes, every field in its order.
-    pub(in crate::handler::launcher::payload) fn in_order(
+    /// An object, read by `members` inside (its braces and depth are this function's).
+    pub(in crate::handler::launcher::payload) fn go_object(
         &mut self,
         members: impl FnOnce(&mut Self) -> Option<()>,
     ) -> Option<()> {
         self.expect(b'{')?;
-        self.nested(|reader| {
-            members(reader)?;
-            reader.expect(b'}')
-        })
+        self.nested(members)
     }
 
-    /// The member key Go writes next, given as `,"Key":`: all of it, or without the comma
-    /// for the `first` member (which this clears). One comparison reads the comma, the key
-    /// and the colon; Go writes no whitespace between them, and where there is some the
-    /// object is read again by [`Self::fields`].
+    /// Whether the member key Go writes next comes next, given as `,"Key":`: all of it, or
+    /// without the comma for the `first` member. When it does, it is consumed and `first`
+    /// cleared; when not, nothing is. One comparison reads the comma, the key and the
+    /// colon: Go writes no whitespace between them.
     #[inline]
     pub(in crate::handler::launcher::payload) fn member_key(
         &mut self,
@@ -289,36 +274,50 @@ impl<'a> Reader<'a> {
         comma_quoted_colon: &str,
     ) -> Option<()> {
         let key = comma_quoted_colon.as_bytes();
-        let key = if std::mem::take(first) {
-            key.get(1..)?
-        } else {
-            key
-        };
-        self.comes_next(key).then(|| self.at += key.len())
+        let key = if *first { key.get(1..)? } else { key };
+        if !self.comes_next(key) {
+            return None;
+        }
+        self.at += key.len();
+        *first = false;
+        Some(())
     }
 
-    /// An object whose keys are among `quoted` (in quotes, in Go's order), each member's
-    /// value read by `member` given the key's place (`quoted.len()` for another key). The
-    /// key Go writes next is compared in place, quotes included, without scanning it.
-    pub(in crate::handler::launcher::payload) fn fields(
+    /// The rest of an object's members, up to and including its closing brace, after the
+    /// `first` member or not. Their keys are among `quoted` (in quotes, in Go's order) and
+    /// each member's value is read by `member` given the key's place (`quoted.len()` for
+    /// another key). The key expected next in Go's order is compared in place, quotes
+    /// included, without scanning it.
+    pub(in crate::handler::launcher::payload) fn members_by_key(
         &mut self,
+        mut first: bool,
         quoted: &[&str],
+        mut expected: usize,
         mut member: impl FnMut(&mut Self, usize) -> Option<()>,
     ) -> Option<()> {
-        let mut expected = 0;
-        self.object_with(|reader| {
+        loop {
+            if self.peek()? == b'}' {
+                self.at += 1;
+                return Some(());
+            }
+            if !std::mem::take(&mut first) {
+                self.expect(b',')?;
+            }
+            self.whitespace();
             let next = quoted.get(expected).map(|q| q.as_bytes());
             let at = match next {
-                Some(q) if reader.comes_next(q) => {
-                    reader.at += q.len();
+                Some(q) if self.comes_next(q) => {
+                    self.at += q.len();
                     expected
                 }
-                _ => field_index(quoted, reader.string()?),
+                _ => field_index(quoted, self.string()?),
             };
             expected = at + 1;
-            reader.expect(b':')?;
-            member(reader, at)
-        })
+            self.expect(b':')?;
+            #[cfg(test)]
+            tests::BY_KEY.with(|count| count.set(count.get() + 1));
+            member(self, at)?;
+        }
     }
 
     /// Whether `expected` comes next. Compared a word at a time, the last word overlapping
@@ -456,28 +455,14 @@ macro_rules! go_struct {
         }
 
         impl $crate::handler::launcher::payload::fast::Plain for $name {
-            /// Go's shape first: every field once, in its order, each read in place.
-            /// Anything else (a field added or left out, whitespace, another order) is
-            /// read again from the start by key, as the fields come. The mirror structs
-            /// nest one level deep, so no part of a payload is read more than four times.
+            /// Go's shape is read straight: every field once, in its order, each read in
+            /// place. From the first key out of that order on (a field that a newer
+            /// launcher added, an older one lacks, or whitespace or another order), the
+            /// members are read by key, as they come; nothing is read twice.
             fn read(
                 reader: &mut $crate::handler::launcher::payload::fast::Reader<'_>,
             ) -> Option<Self> {
                 use $crate::handler::launcher::payload::fast::{Plain, Reader};
-                let start = reader.position();
-                let mut out = Self::default();
-                let mut first = true;
-                let in_order = reader.in_order(|reader| {
-                    $(
-                        reader.member_key(&mut first, concat!(",\"", $key, "\":"))?;
-                        out.$field = Plain::read(reader)?;
-                    )*
-                    Some(())
-                });
-                if in_order.is_some() {
-                    return Some(out);
-                }
-                reader.rewind(start);
                 type ReadField = fn(&mut $name, &mut Reader<'_>) -> Option<()>;
                 const QUOTED: &[&str] = &[$(concat!("\"", $key, "\"")),*];
                 const READ: &[ReadField] = &[$(|out, reader| {
@@ -487,15 +472,32 @@ macro_rules! go_struct {
                 const _: () = assert!(QUOTED.len() <= 64, "one bit per field");
                 let mut out = Self::default();
                 let mut seen = 0u64;
-                reader.fields(QUOTED, |reader, at| {
-                    let Some(read) = READ.get(at) else {
-                        return reader.skip();
-                    };
-                    if seen & (1 << at) != 0 {
-                        return None;
+                reader.go_object(|reader| {
+                    let mut first = true;
+                    let mut at = 0;
+                    'in_order: {
+                        $(
+                            if reader
+                                .member_key(&mut first, concat!(",\"", $key, "\":"))
+                                .is_none()
+                            {
+                                break 'in_order;
+                            }
+                            out.$field = Plain::read(reader)?;
+                            seen |= 1 << at;
+                            at += 1;
+                        )*
                     }
-                    seen |= 1 << at;
-                    read(&mut out, reader)
+                    reader.members_by_key(first, QUOTED, at, |reader, at| {
+                        let Some(read) = READ.get(at) else {
+                            return reader.skip();
+                        };
+                        if seen & (1 << at) != 0 {
+                            return None;
+                        }
+                        seen |= 1 << at;
+                        read(&mut out, reader)
+                    })
                 })?;
                 Some(out)
             }
@@ -521,31 +523,47 @@ mod tests {
     ];
 
     thread_local! {
-        /// How many objects this thread's readers read again by key (see `go_struct!`).
-        pub(super) static REREAD: Cell<usize> = const { Cell::new(0) };
+        /// How many members this thread's readers read by key (see `go_struct!`).
+        pub(super) static BY_KEY: Cell<usize> = const { Cell::new(0) };
     }
 
-    /// What `json` decodes to, and how many of its objects were read again by key.
-    fn rereads(json: &str) -> (Option<DomainStats>, usize) {
-        REREAD.with(|count| count.set(0));
-        let decoded = decode::<DomainStats>(json);
-        (decoded, REREAD.with(Cell::get))
+    /// What `json` decodes to, and how many of its members were read by key.
+    fn by_key(json: &str) -> (Option<DomainStats>, usize) {
+        BY_KEY.with(|count| count.set(0));
+        let decoded = agreed(json);
+        (decoded, BY_KEY.with(Cell::get))
     }
 
-    /// The captured payloads are read in one pass in Go's order: a mirror struct whose
-    /// fields drifted from Go's (one missing, added or moved) would still decode, by key,
-    /// but at twice the cost; this is where that shows.
+    /// The captured payloads are read straight in Go's order: a mirror struct whose fields
+    /// drifted from Go's would still decode, by key, at about twice the cost; this is
+    /// where that shows. A launcher that lacks fields or adds some reads the rest of that
+    /// object by key, once.
     #[test]
-    fn captured_payloads_are_read_in_gos_order_without_rereading() {
+    fn captured_payloads_are_read_in_gos_order() {
         for json in CAPTURED {
-            let (decoded, rereads) = rereads(json);
+            let (decoded, by_key) = by_key(json);
             assert!(decoded.is_some());
-            assert_eq!(rereads, 0, "{json}");
+            assert_eq!(by_key, 0, "{json}");
         }
+        // An older launcher (v1.5 and before): no `DirtyRate` nor `Load` at the end.
+        let older = r#"{"Name":"a","UUID":"u","Cpu":null,"Memory":null,"MigrateDomainJobInfo":null,"Vcpu":null,"Net":null,"Block":null,"CPUMapSet":false,"CPUMap":null}"#;
+        assert_eq!(by_key(older), (by_serde(older), 0));
+        // A newer one with a field of its own in the middle: the rest of `Cpu` by key.
+        let newer = r#"{"Cpu":{"TimeSet":true,"Time":5,"Steal":7,"UserSet":true,"User":3}}"#;
+        let (decoded, members) = by_key(newer);
+        assert!(decoded.is_some());
+        assert_eq!(
+            members,
+            3 + 1,
+            "Steal, UserSet and User, then Cpu in the payload"
+        );
         let shuffled = r#"{"Cpu":{"Time":5,"TimeSet":true},"Name":"a"}"#;
-        let (decoded, rereads) = rereads(shuffled);
-        assert_eq!(decoded, by_serde(shuffled));
-        assert_eq!(rereads, 2, "the payload and its Cpu out of Go's order");
+        let (decoded, members) = by_key(shuffled);
+        assert!(decoded.is_some());
+        assert_eq!(
+            members, 4,
+            "both objects out of Go's order from their first key"
+        );
     }
 
     fn by_serde(json: &str) -> Option<DomainStats> {
